@@ -1,0 +1,47 @@
+# Two commands matter: `make run` and `make test`. Both set up the virtualenv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?=
+RUN_ARGS ?=
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_USAGE_STATS_ENABLED ?= 0
+export PYTHONHASHSEED ?= 0
+
+.PHONY: setup run test test-fast lint bench dist clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the package with dev tools (pinned)
+
+run: setup  ## run the whole pipeline on sample data (local Spark, local Ray)
+	$(BIN)/pipeline run $(if $(CONFIG),--config $(CONFIG)) $(RUN_ARGS)
+
+test: setup lint  ## lint, then every test tier (unit, integration, cluster, chaos)
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## unit tests only
+	$(BIN)/python -m pytest -m unit
+
+lint: setup  ## ruff + mypy
+	$(BIN)/ruff check pipeline jobs tests bench
+	$(BIN)/mypy pipeline jobs
+
+bench: setup  ## benchmarks: ratios against baselines measured in the same run
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+dist: setup  ## wheel + zip of the package for spark-submit --py-files
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	cd . && rm -f dist/pipeline.zip && $(BIN)/python -c "import shutil; shutil.make_archive('dist/pipeline', 'zip', '.', 'pipeline')"
+
+clean:  ## remove build outputs and local data (keeps .venv)
+	rm -rf build dist data .pytest_cache .mypy_cache .ruff_cache

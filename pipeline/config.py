@@ -1,0 +1,485 @@
+"""Typed, frozen configuration for every stage, loaded from YAML with `--set` overrides.
+
+The tree is plain frozen dataclasses (torchtitan style). `load_config` builds it from YAML
+plus dotted overrides and validates everything in one pass: every unknown key, wrong type
+and out-of-range value is collected and reported together in one `ConfigError`, before any
+Spark or Ray work starts. Secrets never live in the config itself: fields name the
+environment variable that holds them (`*_env`), and `to_dict(redact=True)` also masks any
+field marked secret or any mapping key that looks like a credential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+REDACTED = "***"
+_SECRET_KEY_WORDS = ("secret", "password", "token", "credential", "access_key", "key_id")
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, one per line, each naming its dotted key."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the configuration:\n{lines}")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where runs live: any fsspec URL (file://, memory://, s3://, gs://)."""
+
+    root: str = "file://./data"
+    # Extra fsspec storage options (endpoint_url, region...). Credentials belong in the
+    # environment (AWS_ACCESS_KEY_ID...), and are redacted here if someone puts them in.
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Sample raw data generated when no input paths are configured."""
+
+    scale: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TextInputConfig:
+    paths: tuple[str, ...] = ()
+    text_field: str = "text"
+    id_field: str = "id"
+    label_field: str = "label"
+    min_chars: int = 1
+    max_chars: int = 100_000
+
+
+@dataclass(frozen=True)
+class ImageInputConfig:
+    paths: tuple[str, ...] = ()
+    # Pillow's decompression-bomb limit: headers claiming more pixels are quarantined
+    # before any pixel is decoded.
+    max_pixels: int = 16_000_000
+    max_bytes: int = 20_000_000
+    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+
+
+@dataclass(frozen=True)
+class TransactionInputConfig:
+    paths: tuple[str, ...] = ()
+    # Name of the environment variable that holds the HMAC key for card/account tokens.
+    hmac_key_env: str = "PIPELINE_HMAC_KEY"
+    max_amount: float = 10_000_000.0
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    text: TextInputConfig = field(default_factory=TextInputConfig)
+    images: ImageInputConfig = field(default_factory=ImageInputConfig)
+    transactions: TransactionInputConfig = field(default_factory=TransactionInputConfig)
+
+    def without_paths(self, modalities: Sequence[str]) -> tuple[str, ...]:
+        """The modalities among `modalities` with no configured paths: sample data stands in."""
+        return tuple(m for m in modalities if not getattr(self, m).paths)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "pipeline"
+    shuffle_partitions: int = 4
+    driver_memory: str = "2g"
+    ui_enabled: bool = False
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    # None: start an in-process local Ray. Otherwise a cluster address (ray://, http://).
+    address: str | None = None
+    num_cpus: int | None = None
+    # Environment variable holding the cluster's auth token (Ray token authentication).
+    auth_token_env: str = "RAY_AUTH_TOKEN"
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    num_workers: int = 1
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    cpus_per_worker: int = 1
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    shingle_n: int = 5
+    num_perm: int = 128
+    bands: int = 16
+    rows: int = 8
+    jaccard_threshold: float = 0.8
+    verify: bool = True
+    phash_max_hamming: int = 6
+    retry_window_s: int = 120
+    retry_policy: Literal["flag", "drop"] = "flag"
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TextTaskConfig:
+    enabled: bool = True
+    seq_len: int = 128
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    batch_size: int = 16
+    lr: float = 3e-3
+
+
+@dataclass(frozen=True)
+class ImageTaskConfig:
+    enabled: bool = True
+    image_size: int = 32
+    channels: int = 32
+    batch_size: int = 32
+    lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class TransactionTaskConfig:
+    enabled: bool = True
+    hidden: int = 64
+    batch_size: int = 256
+    lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 2
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    grad_accum_steps: int = 1
+    grad_clip: float = 1.0
+    checkpoint_every_steps: int = 50
+    keep_best: int = 2
+    max_failures: int = 2
+    log_every_steps: int = 10
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    text: TextTaskConfig = field(default_factory=TextTaskConfig)
+    images: ImageTaskConfig = field(default_factory=ImageTaskConfig)
+    transactions: TransactionTaskConfig = field(default_factory=TransactionTaskConfig)
+
+
+@dataclass(frozen=True)
+class GatesConfig:
+    """Thresholds that stop the pipeline with a message naming the figure."""
+
+    max_quarantine_rate: float = 0.2
+    max_duplicate_rate: float = 0.5
+    min_image_accuracy: float = 0.0
+    min_fraud_pr_auc: float = 0.0
+    max_text_bits_per_byte: float = 16.0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 256
+    num_samples: int = 3
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole resolved configuration of one run."""
+
+    run_id: str | None = None
+    # The modalities this run processes; each gets its own ingest/dedup/train/evaluate.
+    modalities: tuple[str, ...] = ("text", "images", "transactions")
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+
+
+def _check_values(cfg: PipelineConfig) -> list[str]:
+    """Cross-field and range checks, each returning a sentence naming the key."""
+    p: list[str] = []
+
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            p.append(f"{key}: must be > 0, got {value}")
+
+    def fraction(key: str, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            p.append(f"{key}: must be in [0, 1], got {value}")
+
+    known = ("text", "images", "transactions")
+    for m in cfg.modalities:
+        if m not in known:
+            p.append(f"modalities: unknown modality {m!r}; choose from {', '.join(known)}")
+    if not cfg.modalities:
+        p.append("modalities: at least one modality is needed")
+    positive("synth.scale", cfg.synth.scale)
+    t = cfg.inputs.text
+    positive("inputs.text.max_chars", t.max_chars)
+    if t.min_chars < 0 or t.min_chars > t.max_chars:
+        p.append(f"inputs.text.min_chars: must be in [0, max_chars={t.max_chars}], "
+                 f"got {t.min_chars}")
+    positive("inputs.images.max_pixels", cfg.inputs.images.max_pixels)
+    positive("inputs.images.max_bytes", cfg.inputs.images.max_bytes)
+    positive("inputs.transactions.max_amount", cfg.inputs.transactions.max_amount)
+    positive("spark.shuffle_partitions", cfg.spark.shuffle_partitions)
+    if cfg.ray.num_cpus is not None:
+        positive("ray.num_cpus", cfg.ray.num_cpus)
+    d = cfg.dedup
+    for key in ("shingle_n", "num_perm", "bands", "rows", "retry_window_s"):
+        positive(f"dedup.{key}", getattr(d, key))
+    if d.bands * d.rows > d.num_perm:
+        p.append(
+            f"dedup.bands x dedup.rows: {d.bands} x {d.rows} = {d.bands * d.rows} "
+            f"exceeds dedup.num_perm={d.num_perm}"
+        )
+    fraction("dedup.jaccard_threshold", d.jaccard_threshold)
+    if not 0 <= d.phash_max_hamming < 64:
+        p.append(f"dedup.phash_max_hamming: must be in [0, 63], got {d.phash_max_hamming}")
+    s = cfg.split
+    for key in ("train", "val", "test"):
+        fraction(f"split.{key}", getattr(s, key))
+    if abs(s.train + s.val + s.test - 1.0) > 1e-9:
+        p.append(f"split: train + val + test must sum to 1, got {s.train + s.val + s.test:g}")
+    tr = cfg.train
+    for key in ("epochs", "grad_accum_steps", "checkpoint_every_steps", "keep_best",
+                "log_every_steps"):
+        positive(f"train.{key}", getattr(tr, key))
+    if tr.max_failures < -1:
+        p.append(f"train.max_failures: must be >= -1 (-1 = unlimited), got {tr.max_failures}")
+    positive("train.scaling.num_workers", tr.scaling.num_workers)
+    positive("train.scaling.cpus_per_worker", tr.scaling.cpus_per_worker)
+    for task in ("text", "images", "transactions"):
+        tc = getattr(tr, task)
+        positive(f"train.{task}.batch_size", tc.batch_size)
+        positive(f"train.{task}.lr", tc.lr)
+    if tr.text.d_model % tr.text.n_heads != 0:
+        p.append(
+            f"train.text.d_model: {tr.text.d_model} is not divisible by "
+            f"train.text.n_heads={tr.text.n_heads}"
+        )
+    for key in ("max_quarantine_rate", "max_duplicate_rate", "min_image_accuracy",
+                "min_fraud_pr_auc"):
+        fraction(f"gates.{key}", getattr(cfg.gates, key))
+    return p
+
+
+# ---------------------------------------------------------------------------------------
+# Building dataclasses from plain data, collecting every problem.
+
+T = TypeVar("T")
+
+
+class _Invalid:
+    """Marks a value that failed conversion; the field keeps its default so that range
+    checks still run on a sane tree and every problem is reported in one pass."""
+
+
+_INVALID: Any = _Invalid()
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            problems.append(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            return _INVALID
+        return _build(tp, value, key, problems)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, problems)
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            problems.append(f"{key}: must be one of {choices}, got {value!r}")
+            return _INVALID
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            value = [value]
+        (item_tp, _) = get_args(tp)
+        items = tuple(_convert(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value))
+        return _INVALID if any(i is _INVALID for i in items) else items
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, Mapping):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return _INVALID
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected true or false, got {value!r}")
+        return _INVALID
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected an integer, got {value!r}")
+        return _INVALID
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{key}: expected a number, got {value!r}")
+        return _INVALID
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        problems.append(f"{key}: expected a string, got {value!r}")
+        return _INVALID
+    problems.append(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+    return value
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, problems: list[str]) -> T:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key)
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"{dotted}: unknown key{hint}")
+            continue
+        converted = _convert(value, hints[key], dotted, problems)
+        if converted is not _INVALID:
+            kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value the way YAML would (`3`, `0.5`, `true`, `[a, b]`, `null`)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """Apply `a.b.c=value` overrides to a nested dict in place; returns syntax problems."""
+    problems: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"--set {item}: expected KEY=VALUE")
+            continue
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"{key}: '{part}' is not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = _parse_scalar(raw)
+    return problems
+
+
+def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Build and validate a `PipelineConfig`; raises one `ConfigError` listing every problem."""
+    merged: dict[str, Any] = _deep_copy(data)
+    problems = apply_overrides(merged, overrides)
+    cfg = _build(PipelineConfig, merged, "", problems)
+    problems.extend(_check_values(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Load YAML at `path` (or the defaults when None), apply overrides, validate."""
+    data: Any = {}
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        if not isinstance(data, Mapping):
+            raise ConfigError([f"{path}: top level must be a mapping, got {type(data).__name__}"])
+    return config_from_dict(data, overrides)
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def _looks_secret(name: str) -> bool:
+    lowered = name.lower()
+    # `*_env` fields name a variable, they do not hold its value.
+    return not lowered.endswith("_env") and any(w in lowered for w in _SECRET_KEY_WORDS)
+
+
+def to_dict(obj: Any, redact: bool = True) -> Any:
+    """Plain JSON-ready data for a config (sub)tree, with secrets masked when `redact`."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            secret = f.metadata.get("secret", False) or _looks_secret(f.name)
+            out[f.name] = REDACTED if (redact and secret and value) else to_dict(value, redact)
+        return out
+    if isinstance(obj, Mapping):
+        return {
+            str(k): REDACTED if (redact and _looks_secret(str(k))) else to_dict(v, redact)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, tuple):
+        return [to_dict(v, redact) for v in obj]
+    return obj
+
+
+def replace_path(cfg: T, dotted: str, value: Any) -> T:
+    """Return a copy of a frozen config tree with one dotted field replaced."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return dataclasses.replace(cfg, **{head: value})  # type: ignore[type-var]
+    return dataclasses.replace(  # type: ignore[type-var]
+        cfg, **{head: replace_path(getattr(cfg, head), rest, value)}
+    )
+
+
+def env_secret(var: str) -> str | None:
+    """Read a secret from the environment; the only way secrets enter the pipeline."""
+    value = os.environ.get(var)
+    return value or None

@@ -1,0 +1,143 @@
+"""Run the stage graph: cache keys, atomic publication, run.json state, a summary.
+
+A stage whose published manifest carries the cache key computed now is skipped: same
+code, same config slice, same upstream manifests means the same output. Anything else
+re-runs, and because downstream keys include upstream manifest digests, so does
+everything after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import PipelineConfig, to_dict
+from pipeline.orchestrator.stages import Stage, StageContext, default_stages
+from pipeline.storage import (
+    Manifest,
+    ManifestMismatchError,
+    MissingManifestError,
+    RunPaths,
+    StageWriter,
+    cache_key,
+    code_version,
+    read_json,
+    read_manifest,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; the message names the stage and the run."""
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    name: str
+    state: str  # "ran" | "cached" | "skipped"
+    seconds: float
+    summary: str
+    rows: dict[str, int]
+
+
+def run_id_of(cfg: PipelineConfig) -> str:
+    return cfg.run_id or "local"
+
+
+def _load_state(run: RunPaths) -> dict[str, Any]:
+    try:
+        state = read_json(run.run_json)
+    except FileNotFoundError:
+        return {"run_id": run.run_id, "stages": {}}
+    return state if isinstance(state, dict) else {"run_id": run.run_id, "stages": {}}
+
+
+def _save_state(run: RunPaths, cfg: PipelineConfig, state: dict[str, Any]) -> None:
+    state["config"] = to_dict(cfg, redact=True)
+    state["code_version"] = code_version()
+    write_json_atomic(run.run_json, state)
+
+
+class _LazySpark:
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.session: SparkSession | None = None
+
+    def __call__(self) -> SparkSession:
+        if self.session is None:
+            from pipeline.spark import get_spark
+
+            self.session = get_spark(self.cfg.spark)
+        return self.session
+
+
+def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None = None) -> list[StageOutcome]:
+    """Run every enabled stage in order, skipping those whose cache key is unchanged."""
+    stages = list(stages) if stages is not None else default_stages()
+    run = RunPaths(cfg.storage.root, run_id_of(cfg))
+    state = _load_state(run)
+    version = code_version()
+    spark = _LazySpark(cfg)
+    outcomes: list[StageOutcome] = []
+    manifests: dict[str, Manifest] = {}
+    disabled: set[str] = set()
+    for stage in stages:
+        if not stage.enabled(cfg):
+            disabled.add(stage.name)
+            outcomes.append(StageOutcome(stage.name, "skipped", 0.0, "disabled by config", {}))
+            continue
+        # A disabled upstream (synth when inputs are configured) is simply not an input.
+        missing = [n for n in stage.inputs if n not in manifests and n not in disabled]
+        if missing:
+            raise StageFailed(f"stage {stage.name} needs {missing}, which did not run")
+        inputs = {name: manifests[name] for name in stage.inputs if name in manifests}
+        key = cache_key(stage.name, version, stage.config_of(cfg),
+                        {name: m.digest for name, m in inputs.items()})
+        stage_url = run.stage(stage.name)
+        try:
+            existing = read_manifest(stage_url)
+        except (MissingManifestError, ManifestMismatchError):
+            existing = None
+        if existing is not None and existing.cache_key == key:
+            log.info("stage %s is cached (key %s): nothing to do", stage.name, key[:12])
+            manifests[stage.name] = existing
+            outcomes.append(StageOutcome(stage.name, "cached", 0.0, "",
+                                         dict(existing.row_counts)))
+            continue
+        reason = "no published output" if existing is None else "inputs or config changed"
+        log.info("stage %s runs: %s", stage.name, reason)
+        stages_state = state.setdefault("stages", {})
+        stages_state[stage.name] = {"state": "running", "cache_key": key, "started": time.time()}
+        _save_state(run, cfg, state)
+        writer = StageWriter(stage_url, stage.name)
+        started = time.perf_counter()
+        try:
+            result = stage.run(StageContext(cfg, run, writer.staging_url, inputs, spark))
+            manifest = writer.publish(row_counts=result.row_counts, schemas=result.schemas,
+                                      inputs={n: m.digest for n, m in inputs.items()},
+                                      cache_key=key, extra=result.extra)
+        except Exception as exc:
+            writer.abort()
+            stages_state[stage.name].update(state="failed", error=f"{type(exc).__name__}: {exc}")
+            _save_state(run, cfg, state)
+            raise StageFailed(f"stage {stage.name} of run {run.run_id} failed: {exc}") from exc
+        seconds = time.perf_counter() - started
+        manifests[stage.name] = manifest
+        stages_state[stage.name].update(state="done", seconds=round(seconds, 3),
+                                        manifest_digest=manifest.digest,
+                                        rows=dict(manifest.row_counts))
+        _save_state(run, cfg, state)
+        log.info("stage %s done in %.1fs: %s", stage.name, seconds, result.summary)
+        outcomes.append(StageOutcome(stage.name, "ran", seconds, result.summary,
+                                     dict(manifest.row_counts)))
+    if spark.session is not None:
+        spark.session.stop()
+    return outcomes

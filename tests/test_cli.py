@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import build_parser, main
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["synth"], ["ingest"], ["config"]])
+def test_help_explains(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: pipeline" in out
+    assert len(out) > 300  # explains, not just lists flags
+
+
+def test_console_script_runs() -> None:
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run([str(bin_dir / "pipeline"), "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "Spark" in result.stdout and "Ray" in result.stdout
+
+
+def test_config_errors_exit_2_with_every_problem(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epoch: 3\nsplit:\n  train: 2\ndedup:\n  bands: x\n")
+    assert main(["config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    for key in ("train.epoch", "split.train", "dedup.bands"):
+        assert key in err
+
+
+def test_config_prints_resolved_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--set", "storage.options={aws_secret_access_key: s3cr3t}",
+                 "--set", "train.epochs=4"]) == 0
+    out = capsys.readouterr().out
+    assert '"epochs": 4' in out and "s3cr3t" not in out

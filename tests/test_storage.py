@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.storage import (
+    MANIFEST_NAME,
+    ManifestMismatchError,
+    MissingManifestError,
+    RunPaths,
+    StageWriter,
+    cache_key,
+    code_version,
+    filesystem,
+    is_published,
+    join,
+    published_files,
+    read_manifest,
+    schema_fingerprint,
+    verify_stage,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(params=["file", "memory"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}"
+    return f"memory://test-{uuid.uuid4().hex[:8]}"
+
+
+def _write_stage(stage_url: str, rows: int = 3, key: str = "k1") -> None:
+    writer = StageWriter(stage_url, "ingest/text")
+    fs, staging = filesystem(writer.staging_url)
+    table = pa.table({"doc_id": [f"d{i}" for i in range(rows)], "n": list(range(rows))})
+    with fs.open(f"{staging}/part-00000.parquet", "wb") as fh:
+        pq.write_table(table, fh)
+    with fs.open(f"{staging}/quarantine/part-00000.parquet", "wb") as fh:
+        pq.write_table(table.slice(0, 1), fh)
+    writer.publish(row_counts={"curated": rows, "quarantined": 1},
+                   schemas={"curated": schema_fingerprint(table.schema)},
+                   inputs={"synth": "abc"}, cache_key=key)
+
+
+def test_publish_then_read(root: str) -> None:
+    stage = RunPaths(root, "r1").stage("ingest/text")
+    _write_stage(stage)
+    manifest = verify_stage(stage)
+    assert [f.path for f in manifest.files] == ["part-00000.parquet",
+                                                 "quarantine/part-00000.parquet"]
+    assert manifest.files[0].rows == 3 and manifest.files[1].rows == 1
+    assert manifest.row_counts == {"curated": 3, "quarantined": 1}
+    assert manifest.inputs == {"synth": "abc"}
+    assert manifest.code_version == code_version()
+    assert published_files(stage, suffix=".parquet", prefix="part") == [
+        join(stage, "part-00000.parquet")]
+    fs, path = filesystem(stage)
+    assert not fs.exists(f"{path.rsplit('/', 1)[0]}/_staging/text") and not fs.glob(
+        f"{path.rsplit('/', 1)[0]}/_staging/text-*")
+
+
+def test_unpublished_stage_is_refused(root: str) -> None:
+    stage = RunPaths(root, "r1").stage("ingest/text")
+    writer = StageWriter(stage, "ingest/text")
+    fs, staging = filesystem(writer.staging_url)
+    with fs.open(f"{staging}/part-00000.parquet", "wb") as fh:
+        fh.write(b"half a file")
+    # The process "dies" here: no publish.
+    with pytest.raises(MissingManifestError, match="did not finish publishing"):
+        read_manifest(stage)
+    assert not is_published(stage)
+    # The next attempt clears the stale staging folder.
+    StageWriter(stage, "ingest/text").abort()
+    assert fs.glob(f"{staging.rsplit('/', 1)[0]}/*") == []
+
+
+def _publish_then_die(stage_url: str) -> None:
+    writer = StageWriter(stage_url, "ingest/text")
+    fs, staging = filesystem(writer.staging_url)
+    with fs.open(f"{staging}/part-00000.parquet", "wb") as fh:
+        fh.write(b"x" * 1000)
+    os._exit(9)  # killed before publish
+
+
+def test_killed_process_leaves_nothing_a_reader_accepts(tmp_path: Path) -> None:
+    stage = RunPaths(f"file://{tmp_path}", "r1").stage("ingest/text")
+    proc = multiprocessing.get_context("spawn").Process(target=_publish_then_die, args=(stage,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 9
+    assert not is_published(stage)
+    assert not (tmp_path / "runs/r1/ingest/text").exists()
+
+
+def test_republish_replaces_old_output(root: str) -> None:
+    stage = RunPaths(root, "r1").stage("ingest/text")
+    _write_stage(stage, rows=3, key="k1")
+    _write_stage(stage, rows=5, key="k2")
+    manifest = verify_stage(stage)
+    assert manifest.cache_key == "k2" and manifest.row_counts["curated"] == 5
+
+
+def test_modified_file_is_detected(root: str) -> None:
+    stage = RunPaths(root, "r1").stage("ingest/text")
+    _write_stage(stage)
+    fs, path = filesystem(stage)
+    target = f"{path}/part-00000.parquet"
+    data = bytearray(fs.cat_file(target))
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    fs.pipe_file(target, bytes(data))
+    with pytest.raises(ManifestMismatchError, match=r"part-00000\.parquet sha256"):
+        verify_stage(stage)
+    fs.pipe_file(target, b"short")
+    with pytest.raises(ManifestMismatchError, match="has 5 bytes"):
+        verify_stage(stage)
+
+
+def test_edited_manifest_is_detected(tmp_path: Path) -> None:
+    stage = RunPaths(f"file://{tmp_path}", "r1").stage("ingest/text")
+    _write_stage(stage)
+    manifest_file = tmp_path / "runs/r1/ingest/text" / MANIFEST_NAME
+    body = json.loads(manifest_file.read_text())
+    body["row_counts"]["curated"] = 999
+    manifest_file.write_text(json.dumps(body))
+    with pytest.raises(ManifestMismatchError, match="was edited"):
+        read_manifest(stage)
+
+
+def test_manifest_is_deterministic(tmp_path: Path) -> None:
+    a = RunPaths(f"file://{tmp_path}/a", "r").stage("s")
+    b = RunPaths(f"file://{tmp_path}/b", "r").stage("s")
+    _write_stage(a)
+    _write_stage(b)
+    assert (tmp_path / "a/runs/r/s" / MANIFEST_NAME).read_bytes() == (
+        tmp_path / "b/runs/r/s" / MANIFEST_NAME).read_bytes()
+
+
+def test_cache_key_depends_on_every_part() -> None:
+    base = cache_key("ingest", "v1", {"a": 1}, {"synth": "d1"})
+    assert base == cache_key("ingest", "v1", {"a": 1}, {"synth": "d1"})
+    assert base != cache_key("dedup", "v1", {"a": 1}, {"synth": "d1"})
+    assert base != cache_key("ingest", "v2", {"a": 1}, {"synth": "d1"})
+    assert base != cache_key("ingest", "v1", {"a": 2}, {"synth": "d1"})
+    assert base != cache_key("ingest", "v1", {"a": 1}, {"synth": "d2"})
+
+
+def test_schema_fingerprint_ignores_metadata() -> None:
+    s1 = pa.schema([("a", pa.int64()), ("b", pa.string())])
+    assert schema_fingerprint(s1) == schema_fingerprint(s1.with_metadata({b"x": b"y"}))
+    assert schema_fingerprint(s1) != schema_fingerprint(pa.schema([("a", pa.int32()),
+                                                                   ("b", pa.string())]))
