@@ -29,7 +29,7 @@ def modality_rng(seed: int, modality: str) -> np.random.Generator:
 
 def scaled(base: float, scale: float, minimum: int = 0) -> int:
     """`base * scale` rounded, but never below `minimum`."""
-    return max(minimum, int(round(base * scale)))
+    return max(minimum, round(base * scale))
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class PlantedDuplicate:
 
     `true_jaccard` (text only) is the exact 5-word-shingle Jaccard of the two normalized
     texts; `target_jaccard` is the bin the copy was aimed at. Near-duplicates below a dedup
-    threshold are still listed: they are the negatives that must *not* be merged.
+    threshold are still listed: they are the negatives that must *not* be merged. `detail`
+    says what was changed (edit count, re-encoding, size, time shift).
     """
 
     modality: str
@@ -67,6 +68,7 @@ class PlantedDuplicate:
     copy_id: str
     true_jaccard: float | None = None
     target_jaccard: float | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,15 +78,6 @@ class ExtensionLie:
     file: str
     true_format: str
     extension: str
-
-
-@dataclass(frozen=True)
-class ModalityCounts:
-    """Raw record counts of one modality: `n_good = n_records - n_bad`."""
-
-    n_records: int
-    n_bad: int
-    n_good: int
 
 
 @dataclass
@@ -164,7 +157,11 @@ class GroundTruth:
     seed: int
     scale: float
     modalities: list[str]
-    counts: dict[str, ModalityCounts] = field(default_factory=dict)
+    # Per modality. A record is what ingest reads as one: a non-blank JSONL line, a CSV data
+    # row (not the header), a .txt file, an image file. n_good = n_records - n_bad.
+    n_records: dict[str, int] = field(default_factory=dict)
+    n_bad: dict[str, int] = field(default_factory=dict)
+    n_good: dict[str, int] = field(default_factory=dict)
     bad: list[BadRecord] = field(default_factory=list)
     duplicates: list[PlantedDuplicate] = field(default_factory=list)
     extension_lies: list[ExtensionLie] = field(default_factory=list)
@@ -174,10 +171,9 @@ class GroundTruth:
 
     def add(self, modality: str, result: ModalityResult) -> None:
         """Merge one modality generator's result, deriving that modality's counts."""
-        n_bad = len(result.bad)
-        self.counts[modality] = ModalityCounts(
-            n_records=result.n_records, n_bad=n_bad, n_good=result.n_records - n_bad
-        )
+        self.n_records[modality] = result.n_records
+        self.n_bad[modality] = len(result.bad)
+        self.n_good[modality] = result.n_records - len(result.bad)
         self.bad.extend(result.bad)
         self.duplicates.extend(result.duplicates)
         self.extension_lies.extend(result.extension_lies)
@@ -202,7 +198,9 @@ class GroundTruth:
             "seed": self.seed,
             "scale": self.scale,
             "modalities": list(self.modalities),
-            "counts": {m: asdict(c) for m, c in self.counts.items()},
+            "n_records": dict(self.n_records),
+            "n_bad": dict(self.n_bad),
+            "n_good": dict(self.n_good),
             "bad": [asdict(b) for b in self.bad],
             "duplicates": [asdict(d) for d in self.duplicates],
             "extension_lies": [asdict(e) for e in self.extension_lies],
@@ -224,7 +222,9 @@ class GroundTruth:
             seed=int(data["seed"]),
             scale=float(data["scale"]),
             modalities=list(data["modalities"]),
-            counts={m: ModalityCounts(**c) for m, c in data["counts"].items()},
+            n_records={m: int(n) for m, n in data["n_records"].items()},
+            n_bad={m: int(n) for m, n in data["n_bad"].items()},
+            n_good={m: int(n) for m, n in data["n_good"].items()},
             bad=[BadRecord(**b) for b in data["bad"]],
             duplicates=[PlantedDuplicate(**d) for d in data["duplicates"]],
             extension_lies=[ExtensionLie(**e) for e in data["extension_lies"]],

@@ -1,4 +1,4 @@
-"""Synthetic image folders `images/<label>/`, drawn with Pillow, with planted copies and bad files.
+"""Synthetic image folders `images/<label>/` drawn with Pillow, with planted copies, bad files.
 
 Each class is a shape (circle, square, triangle, stripes) drawn at a random size, place,
 rotation and colour over a noisy gradient, so a small CNN can learn the classes but not from
@@ -55,6 +55,12 @@ def draw_image(rng: np.random.Generator, label: str) -> Image.Image:
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1.0)
     c1, c2 = _color(rng), _color(rng)
     bg = c1 * (1 - ramp[..., None]) + c2 * ramp[..., None]
+    # Low-frequency blotches make backgrounds differ in the coarse structure a perceptual
+    # hash sees, so distinct images of one class rarely collide under pHash dedup.
+    for _ in range(3):
+        fx, fy = rng.uniform(-1.5, 1.5, size=2) * 2 * math.pi
+        wave = np.cos(fx * xx / w + fy * yy / h + float(rng.uniform(0, 2 * math.pi)))
+        bg += wave[..., None] * rng.uniform(-45, 45, size=3)
     bg += rng.normal(0.0, float(rng.uniform(4, 14)), size=bg.shape)
     # The shape's colour is kept well away from the background so grayscale copies still
     # show it.
@@ -68,10 +74,19 @@ def draw_image(rng: np.random.Generator, label: str) -> Image.Image:
     side = min(w, h)
 
     if label == "stripes":
-        period = float(rng.uniform(6, 16))
+        # Smooth stripes at 7-11 cycles per image (in coordinates normalised to the image,
+        # as a hash's square downscale sees them) sit above the 8x8 DCT band of a perceptual
+        # hash and below the aliasing limit, so slight crops barely move the hash.
+        cycles = float(rng.uniform(7, 11))
         phi = float(rng.uniform(0, math.pi))
-        band = (xx * math.cos(phi) + yy * math.sin(phi)) % period < period / 2
-        bg[band] = fg
+        phase = 2 * math.pi * cycles * (xx / w * math.cos(phi) + yy / h * math.sin(phi))
+        mix = 0.35 + 0.35 * np.cos(phase + float(rng.uniform(0, 2 * math.pi)))
+        # Stripes fill a large disc, whose edge gives the coarse structure a perceptual
+        # hash needs to be stable; stripes alone leave its low-frequency band near zero.
+        r = float(rng.uniform(0.3, 0.45)) * side
+        cx, cy = float(rng.uniform(r, w - r)), float(rng.uniform(r, h - r))
+        mix = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < r * r, mix, 0.0)[..., None]
+        bg = (1 - mix) * bg + mix * fg
         im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
     else:
         im = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
@@ -132,30 +147,34 @@ class _File:
     ext: str
     idx: int = -1
     path: str = ""
+    detail: str = ""
 
 
-def _derived(rng: np.random.Generator, kind: str, data: bytes, fmt: str, q: int) -> _File | None:
+def _derived(rng: np.random.Generator, kind: str, data: bytes, fmt: str, q: int) -> _File:
     """The copy of an original for one duplicate kind (label filled in by the caller)."""
     if kind == GT.EXACT:
-        return _File("", data, _EXT[fmt])
+        return _File("", data, _EXT[fmt], detail="same bytes")
     with Image.open(io.BytesIO(data)) as src:
         im = src.copy()
+    what = f"{fmt} {im.width}x{im.height}"
     if kind == GT.REENCODE:
         if fmt == "PNG" or rng.random() < 0.5:
             new_fmt = "JPEG" if fmt == "PNG" else "PNG"
-            return _File("", encode(im, new_fmt, q), _EXT[new_fmt])
+            return _File("", encode(im, new_fmt, q), _EXT[new_fmt], detail=f"{what} -> {new_fmt}")
         new_q = q - 25 if q > 70 else q + 20
-        return _File("", encode(im, "JPEG", new_q), "jpg")
+        return _File("", encode(im, "JPEG", new_q), "jpg", detail=f"{what} -> JPEG q={new_q}")
     if kind == GT.RESIZE:
         f = float(rng.uniform(0.5, 0.9))
         size = (max(8, round(im.width * f)), max(8, round(im.height * f)))
-        return _File("", encode(im.resize(size, Image.Resampling.LANCZOS), fmt, q), _EXT[fmt])
-    if kind == GT.CROP:
-        dx = max(1, round(im.width * float(rng.uniform(0.02, 0.06))))
-        dy = max(1, round(im.height * float(rng.uniform(0.02, 0.06))))
-        box = (dx, dy, im.width - dx, im.height - dy)
-        return _File("", encode(im.crop(box), fmt, q), _EXT[fmt])
-    return None
+        return _File("", encode(im.resize(size, Image.Resampling.LANCZOS), fmt, q), _EXT[fmt],
+                     detail=f"{what} -> {size[0]}x{size[1]}")
+    if kind != GT.CROP:
+        raise ValueError(f"unknown image duplicate kind {kind!r}")
+    dx = max(1, round(im.width * float(rng.uniform(0.01, 0.02))))
+    dy = max(1, round(im.height * float(rng.uniform(0.01, 0.02))))
+    box = (dx, dy, im.width - dx, im.height - dy)
+    return _File("", encode(im.crop(box), fmt, q), _EXT[fmt],
+                 detail=f"{what} minus {dx} px left/right, {dy} px top/bottom")
 
 
 def generate_images(out_dir: pathlib.Path, scale: float, seed: int) -> ModalityResult:
@@ -192,12 +211,11 @@ def generate_images(out_dir: pathlib.Path, scale: float, seed: int) -> ModalityR
         files[j].ext = "jpg" if want == "PNG" else "png"
 
     pairs: list[tuple[_File, _File, str]] = []
-    for j, src in enumerate(picks[n_lies:]):
+    for j, orig in enumerate(picks[n_lies:]):
         kind = dup_kinds[j // n_per_kind]
-        copy = _derived(rng, kind, files[src].data, *meta[src])
-        assert copy is not None
-        copy.label = files[src].label
-        pairs.append((files[src], copy, kind))
+        copy = _derived(rng, kind, files[orig].data, *meta[orig])
+        copy.label = files[orig].label
+        pairs.append((files[orig], copy, kind))
 
     bad: list[tuple[_File, str, str]] = []
     for j in range(n_trunc):
@@ -239,9 +257,10 @@ def generate_images(out_dir: pathlib.Path, scale: float, seed: int) -> ModalityR
     for f, reason, detail in bad:
         result.bad.append(BadRecord("images", f.path, None, reason, detail, stem(f)))
     result.bad.sort(key=lambda b: b.file)
-    for orig, copy, kind in pairs:
+    for first, copy, kind in pairs:
         result.duplicates.append(PlantedDuplicate(
-            "images", kind, orig.path, None, stem(orig), copy.path, None, stem(copy)))
+            "images", kind, first.path, None, stem(first), copy.path, None, stem(copy),
+            detail=copy.detail))
     for j in lies:
         result.extension_lies.append(ExtensionLie(files[j].path, meta[j][0], files[j].ext))
     result.extension_lies.sort(key=lambda e: e.file)

@@ -4,6 +4,9 @@ Prose comes from the stdlib's `pydoc_data.topics` (real English, no download). D
 random draws of whole sentences from across that corpus, so two distinct documents share few
 5-word shingles; planted near-duplicates are then edited copies whose Jaccard is measured
 exactly with `pipeline.textnorm`, the same definition dedup uses.
+
+The prose ships with CPython, so byte-identical output for a seed holds for one Python
+version; another version's docs change the sentence pool and hence the documents.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import functools
 import json
 import math
 import pathlib
+import pydoc_data.topics
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pydoc_data.topics
 
 from pipeline.synth.common import (
     BadRecord,
@@ -78,13 +81,19 @@ def _vocabulary() -> tuple[str, ...]:
 
 @dataclass
 class _Rec:
-    """One raw record before placement; `raw` overrides the JSON/text encoding."""
+    """One raw record before placement.
+
+    `raw` is written as-is instead of the encoded text, except for an invalid-UTF-8 JSON
+    line, where it holds the bytes spliced into the otherwise valid line.
+    """
 
     where: str  # "jsonl" or "txt"
     text: str | None = None
     label: str | None = None
     raw: bytes | None = None
     variant: str = ""  # which flavour of a bad record this is
+    reason: str = ""  # quarantine reason, for bad records only
+    detail: str = ""
     idx: int = -1  # position in the id permutation, set at placement
     file: str = ""
     line: int | None = None
@@ -114,7 +123,7 @@ def _edit_substitute(rng: np.random.Generator, sents: list[str]) -> Callable[[in
 
     def apply(k: int) -> str:
         out = list(words)
-        for pos, new in zip(order[:k], repl[:k]):
+        for pos, new in zip(order[:k], repl[:k], strict=True):
             out[pos] = new if new != out[pos].lower() else new + "s"
         return " ".join(out)
 
@@ -130,7 +139,7 @@ def _edit_insert(rng: np.random.Generator, sents: list[str]) -> Callable[[int], 
 
     def apply(k: int) -> str:
         out = list(words)
-        for u, new in zip(spots[:k], news[:k]):
+        for u, new in zip(spots[:k], news[:k], strict=True):
             out.insert(int(u * (len(out) + 1)), new)
         return " ".join(out)
 
@@ -145,7 +154,7 @@ def _edit_reorder(rng: np.random.Generator, sents: list[str]) -> Callable[[int],
         # sentence boundaries, so similarity falls roughly monotonically with k.
         chosen = sorted(order[:k])
         out = list(sents)
-        for src, dst in zip(chosen, chosen[1:] + chosen[:1]):
+        for src, dst in zip(chosen, chosen[1:] + chosen[:1], strict=True):
             out[dst] = sents[src]
         return " ".join(out)
 
@@ -153,23 +162,22 @@ def _edit_reorder(rng: np.random.Generator, sents: list[str]) -> Callable[[int],
 
 
 _EDITS = {
-    GT.NEAR_SUBSTITUTION: (_edit_substitute, "words"),
-    GT.NEAR_INSERTION: (_edit_insert, "insertions"),
-    GT.NEAR_REORDER: (_edit_reorder, "sentences"),
+    GT.NEAR_SUBSTITUTION: (_edit_substitute, "words substituted"),
+    GT.NEAR_INSERTION: (_edit_insert, "words inserted"),
+    GT.NEAR_REORDER: (_edit_reorder, "sentences rotated"),
 }
 
 
 def near_duplicate(
     rng: np.random.Generator, sents: list[str], kind: str, target: float
-) -> tuple[str, float]:
+) -> tuple[str, float, str]:
     """An edited copy of the sentences whose exact Jaccard is as close to `target` as the
-    edit kind allows; returns (text, jaccard)."""
+    edit kind allows; returns (text, jaccard, what was edited)."""
     make, unit = _EDITS[kind]
     apply = make(rng, sents)
     base = _shingles(" ".join(sents))
-    k_max = len(sents) if unit == "sentences" else len(" ".join(sents).split(" "))
-    if unit == "insertions":
-        k_max *= 2
+    n_words = len(" ".join(sents).split(" "))
+    k_max = {GT.NEAR_SUBSTITUTION: n_words, GT.NEAR_INSERTION: 2 * n_words}.get(kind, len(sents))
 
     seen: dict[int, float] = {}
 
@@ -186,7 +194,7 @@ def near_duplicate(
         else:
             lo = mid + 1
     best = min({max(1, lo - 1), lo}, key=lambda k: (abs(score(k) - target), k))
-    return apply(best), score(best)
+    return apply(best), score(best), f"{best} {unit}"
 
 
 def _ws_unicode_variant(rng: np.random.Generator, text: str) -> str:
@@ -205,7 +213,8 @@ def _with_accents(rng: np.random.Generator, sents: list[str]) -> list[str]:
     for _ in range(int(rng.integers(2, 5))):
         i = int(rng.integers(len(out)))
         words = out[i].split(" ")
-        words.insert(int(rng.integers(1, len(words) + 1)), ACCENTED[int(rng.integers(len(ACCENTED)))])
+        word = ACCENTED[int(rng.integers(len(ACCENTED)))]
+        words.insert(int(rng.integers(1, len(words) + 1)), word)
         out[i] = " ".join(words)
     return out
 
@@ -225,10 +234,14 @@ def _long_text(rng: np.random.Generator) -> str:
     return text[:TOO_LONG_CHARS].rsplit(" ", 1)[0] + "."
 
 
-def _plant_bad(rng: np.random.Generator, scale: float) -> list[tuple[_Rec, str, str]]:
-    """Bad records as (record, reason, detail); the raw bytes are finished at placement."""
+def _plant_bad(rng: np.random.Generator, scale: float) -> list[_Rec]:
+    """Bad records with reason and detail set; their bytes are finished at placement."""
     pool = sentence_pool()
-    out: list[tuple[_Rec, str, str]] = []
+    out: list[_Rec] = []
+
+    def add(rec: _Rec, reason: str, detail: str) -> None:
+        rec.reason, rec.detail = reason, detail
+        out.append(rec)
 
     def text() -> str:
         return " ".join(pool[i][1] for i in _draw_sentences(rng, 4, 10))
@@ -236,38 +249,39 @@ def _plant_bad(rng: np.random.Generator, scale: float) -> list[tuple[_Rec, str, 
     for j in range(scaled(2, scale, 1)):
         marked = text().replace(" ", " " + _PLACEHOLDER, 1)
         rec = _Rec("jsonl", text=marked, label="misc", raw=_INVALID_UTF8[j % 4])
-        out.append((rec, GT.INVALID_UTF8, "invalid UTF-8 bytes inside the JSON string"))
+        add(rec, GT.INVALID_UTF8, "invalid UTF-8 bytes inside the JSON string")
     for _ in range(scaled(1, scale, 1)):
         raw = (text() + " Le café était fermé.").encode("cp1252", errors="replace")
-        out.append((_Rec("txt", raw=raw), GT.INVALID_UTF8, "cp1252-encoded .txt file"))
+        add(_Rec("txt", raw=raw), GT.INVALID_UTF8, "cp1252-encoded .txt file")
     for j in range(scaled(2, scale, 2)):
         blank = "" if j % 2 == 0 else " \n\t  "
-        out.append((_Rec("jsonl", text=blank, label="misc"), GT.EMPTY_TEXT,
-                    f"text field {blank!r}"))
+        add(_Rec("jsonl", text=blank, label="misc"), GT.EMPTY_TEXT, f"text field {blank!r}")
     for _ in range(scaled(1, scale, 1)):
-        out.append((_Rec("txt", raw=b""), GT.EMPTY_TEXT, "empty .txt file"))
+        add(_Rec("txt", raw=b""), GT.EMPTY_TEXT, "empty .txt file")
     for j in range(scaled(3, scale, 2)):
         full = json.dumps({"id": "?", "text": text(), "url": "https://docs.example.org/x"})
         if j % 2 == 0:
             cut = full[: int(len(full) * float(rng.uniform(0.3, 0.8)))]
-            out.append((_Rec("jsonl", raw=cut.encode()), GT.MALFORMED_JSON, "truncated object"))
+            add(_Rec("jsonl", raw=cut.encode()), GT.MALFORMED_JSON, "truncated object")
         else:
             garbage = (" xyz", "}", ' {"id": 1}')[j % 3]
-            out.append((_Rec("jsonl", raw=(full + garbage).encode()), GT.MALFORMED_JSON,
-                        "trailing garbage"))
+            add(_Rec("jsonl", raw=(full + garbage).encode()), GT.MALFORMED_JSON,
+                "trailing garbage")
     for j in range(scaled(3, scale, 2)):
         # Schema drift ("body" instead of "text") is the usual way the field goes missing.
         key = "body" if j % 2 else ""
         rec = _Rec("jsonl", text=text(), label="misc", variant=key)
-        out.append((rec, GT.MISSING_FIELD, f"no 'text' key{' (has body)' if key else ''}"))
+        add(rec, GT.MISSING_FIELD, f"no 'text' key{' (has body)' if key else ''}")
     for where in ("jsonl", "txt"):
         for _ in range(scaled(1, scale, 1)):
-            out.append((_Rec(where, text=_long_text(rng), label="misc"), GT.TOO_LONG,
-                        f"{TOO_LONG_CHARS} chars"))
+            add(_Rec(where, text=_long_text(rng), label="misc"), GT.TOO_LONG,
+                f"about {TOO_LONG_CHARS} chars")
     return out
 
 
-def _bad_bytes(rec: _Rec, reason: str, doc_id: str) -> bytes:
+def _record_bytes(rec: _Rec, doc_id: str) -> bytes:
+    """The bytes written for `rec`: a JSONL line (without newline) or a whole .txt file."""
+    reason = rec.reason
     if rec.where == "txt":
         return rec.raw if rec.raw is not None else (rec.text or "").encode("utf-8")
     if reason == GT.INVALID_UTF8:
@@ -314,32 +328,32 @@ def generate_text(out_dir: pathlib.Path, scale: float, seed: int) -> ModalityRes
     rest = sorted(set(range(n_base)) - set(near_src))
     other_src = [int(i) for i in rng.choice(rest, size=n_exact + n_ws, replace=False)]
 
-    plans: list[tuple[int, _Rec, str, float | None]] = []
+    plans: list[tuple[int, _Rec, str, float | None, str]] = []
     for j, src in enumerate(other_src):
         orig = recs[src]
         if j < n_exact:
-            plans.append((src, _Rec(where(), text=orig.text, label=orig.label), GT.EXACT, None))
+            plans.append((src, _Rec(where(), text=orig.text, label=orig.label), GT.EXACT, None,
+                          "same text"))
         else:
             base_sents[src] = _with_accents(rng, base_sents[src])
             orig.text = " ".join(base_sents[src])
             variant = _ws_unicode_variant(rng, orig.text)
             assert normalize_text(variant) == normalize_text(orig.text) != variant
             plans.append((src, _Rec(where(), text=variant, label=orig.label),
-                          GT.WHITESPACE_UNICODE, None))
+                          GT.WHITESPACE_UNICODE, None, "NFD, whitespace and zero-width noise"))
     for j, src in enumerate(near_src):
         target = NEAR_BINS[j // n_per_bin]
         kinds = [GT.NEAR_SUBSTITUTION, GT.NEAR_INSERTION]
         if target >= 0.85:
             kinds.append(GT.NEAR_REORDER)
         kind = kinds[j % len(kinds)]
-        copy, jac = near_duplicate(rng, base_sents[src], kind, target)
+        copy, jac, what = near_duplicate(rng, base_sents[src], kind, target)
         if abs(jac - target) > 0.03 and kind != GT.NEAR_SUBSTITUTION:
             kind = GT.NEAR_SUBSTITUTION
-            copy, jac = near_duplicate(rng, base_sents[src], kind, target)
-        plans.append((src, _Rec(where(), text=copy, label=recs[src].label), kind, target))
+            copy, jac, what = near_duplicate(rng, base_sents[src], kind, target)
+        plans.append((src, _Rec(where(), text=copy, label=recs[src].label), kind, target, what))
 
-    all_recs = recs + [p[1] for p in plans] + [b[0] for b in bad]
-    reasons = {id(b[0]): (b[1], b[2]) for b in bad}
+    all_recs = recs + [p[1] for p in plans] + bad
     for idx, k in enumerate(rng.permutation(len(all_recs))):
         all_recs[int(k)].idx = idx
 
@@ -349,29 +363,24 @@ def generate_text(out_dir: pathlib.Path, scale: float, seed: int) -> ModalityRes
         path = root / f"part-{s:03d}.jsonl"
         lines: list[bytes] = []
         for rec in jsonl[s::n_shards]:
-            doc_id = rec.doc_id(seed)
-            reason = reasons.get(id(rec))
-            lines.append(_json_line(rec, doc_id) if reason is None
-                         else _bad_bytes(rec, reason[0], doc_id))
+            lines.append(_record_bytes(rec, rec.doc_id(seed)))
             rec.file, rec.line = rel(path, out_dir), len(lines)
         path.write_bytes(b"".join(line + b"\n" for line in lines))
     for rec in all_recs:
         if rec.where == "txt":
             path = root / "txt" / f"{rec.doc_id(seed)}.txt"
-            reason = reasons.get(id(rec))
-            data = (rec.text or "").encode("utf-8") if reason is None else _bad_bytes(
-                rec, reason[0], rec.doc_id(seed))
-            path.write_bytes(data)
+            path.write_bytes(_record_bytes(rec, rec.doc_id(seed)))
             rec.file, rec.line = rel(path, out_dir), None
 
     result = ModalityResult(n_records=len(all_recs))
-    for rec, reason, detail in bad:
-        result.bad.append(BadRecord("text", rec.file, rec.line, reason, detail, rec.doc_id(seed)))
+    for rec in bad:
+        result.bad.append(BadRecord("text", rec.file, rec.line, rec.reason, rec.detail,
+                                    rec.doc_id(seed)))
     result.bad.sort(key=lambda b: (b.file, b.line or 0))
-    for src, copy_rec, kind, target in plans:
+    for src, copy_rec, kind, aim, what in plans:
         orig = recs[src]
-        jac = jaccard(_shingles(orig.text or ""), _shingles(copy_rec.text or ""))
+        exact = jaccard(_shingles(orig.text or ""), _shingles(copy_rec.text or ""))
         result.duplicates.append(PlantedDuplicate(
             "text", kind, orig.file, orig.line, orig.doc_id(seed),
-            copy_rec.file, copy_rec.line, copy_rec.doc_id(seed), jac, target))
+            copy_rec.file, copy_rec.line, copy_rec.doc_id(seed), exact, aim, what))
     return result

@@ -12,6 +12,7 @@ import json
 import math
 import pathlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -71,6 +72,7 @@ _HOURLY = np.array([3, 2, 1, 1, 1, 2, 4, 7, 10, 12, 12, 13, 14, 13, 12, 12, 13, 
 
 _BAD_AMOUNTS = ("12,50€", "abc", "N/A", "1.2.3", "12.5O")
 _OUT_OF_RANGE = ("-5.00", "0.00", "99999999999.99", "-0.01", "25000000.00")
+_OUT_OF_RANGE_JPY = ("-500", "0", "99999999999", "-1", "25000000")
 _BAD_TIMESTAMPS = ("31/02/2026 25:61", "yesterday", "2026-02-30T10:00:00Z",
                    "2026-03-04T25:61:00+02:00", "not a date", "2026-13-01T00:00:00Z")
 _BAD_CURRENCIES = ("XYZ", "BTC", "ABC", "EURO")
@@ -78,6 +80,7 @@ _MISSABLE = ("account", "currency", "timestamp")
 _BAD_REASONS = (GT.MALFORMED_ROW, GT.MISSING_FIELD, GT.BAD_AMOUNT, GT.AMOUNT_OUT_OF_RANGE,
                 GT.BAD_TIMESTAMP, GT.UNKNOWN_CURRENCY, GT.BAD_CARD)
 _COL = {name: i for i, name in enumerate(HEADER)}
+_SHIFT_S = {GT.REPLAY: (3600, 12 * 3600), GT.RETRY: (2, 61)}  # how much later a copy is
 
 
 def luhn_valid(number: str) -> bool:
@@ -104,14 +107,8 @@ def card_numbers(rng: np.random.Generator, n: int) -> list[str]:
     check = (10 - np.where(doubled, d2, digits).sum(axis=1) % 10) % 10
     full = np.concatenate([digits, check[:, None]], axis=1)
     out = ["".join(map(str, row)) for row in full.tolist()]
-    if len(set(out)) < n:  # astronomically rare; resolve by redrawing the colliding tail
-        seen: set[str] = set()
-        for i, c in enumerate(out):
-            while c in seen:
-                c = card_numbers(rng, 1)[0]
-            seen.add(c)
-            out[i] = c
-    return out
+    # A collision among 10^14 payloads is astronomically rare; redrawing keeps it simple.
+    return out if len(set(out)) == n else card_numbers(rng, n)
 
 
 def _merchants(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray, np.ndarray,
@@ -138,14 +135,12 @@ def _merchants(rng: np.random.Generator, n: int) -> tuple[list[str], np.ndarray,
 
 def _timestamps(local: np.ndarray, offsets: np.ndarray) -> list[str]:
     wall = np.datetime_as_string(START_LOCAL + local.astype("timedelta64[s]"), unit="s")
-    return [w + o for w, o in zip(wall.tolist(), offsets.tolist())]
+    return [w + o for w, o in zip(wall.tolist(), offsets.tolist(), strict=True)]
 
 
 def _offset_seconds(text: str) -> int:
-    if text == "Z":
-        return 0
     sign = -1 if text[0] == "-" else 1
-    return sign * (int(text[1:3]) * 3600 + int(text[4:6]) * 60)
+    return 0 if text == "Z" else sign * (int(text[1:3]) * 3600 + int(text[4:6]) * 60)
 
 
 def _amount_str(minor: int, currency: str) -> str:
@@ -155,15 +150,12 @@ def _amount_str(minor: int, currency: str) -> str:
 def _fraud(rng: np.random.Generator, features: Sequence[np.ndarray],
            weights: Sequence[float]) -> np.ndarray:
     """Bernoulli draws from a logistic model whose intercept gives a FRAUD_RATE mean."""
-    z = sum(w * f for w, f in zip(weights, features))
-    assert isinstance(z, np.ndarray)
+    z = np.sum([w * f for w, f in zip(weights, features, strict=True)], axis=0)
     lo, hi = -20.0, 5.0
-    for _ in range(40):
+    for _ in range(40):  # bisection: the mean probability rises with the intercept
         mid = (lo + hi) / 2
-        if float(np.mean(1 / (1 + np.exp(-(z + mid))))) > FRAUD_RATE:
-            hi = mid
-        else:
-            lo = mid
+        lo, hi = (lo, mid) if float(np.mean(1 / (1 + np.exp(-(z + mid))))) > FRAUD_RATE else (
+            mid, hi)
     return rng.random(z.shape[0]) < 1 / (1 + np.exp(-(z + lo)))
 
 
@@ -171,7 +163,8 @@ def _base_rows(rng: np.random.Generator, n: int, n_acc: int, seed: int) -> list[
     """`n` valid rows in timestamp order, as columns of strings (txn ids in time order)."""
     n_c = len(COUNTRIES)
     acc_weight = rng.lognormal(0.0, 0.8, size=n_acc)
-    home = rng.choice(n_c, size=n_acc, p=np.array([c[3] for c in COUNTRIES]) / 1.0)
+    shares = np.array([c[3] for c in COUNTRIES])
+    home = rng.choice(n_c, size=n_acc, p=shares / shares.sum())
     cards = np.array(card_numbers(rng, n_acc), dtype=object)
     accounts = np.array([f"acct-{seed}-{j:06d}" for j in range(n_acc)], dtype=object)
     names, m_mcc, m_country, m_offset = _merchants(rng, max(60, scaled(300, math.sqrt(n / 1e4))))
@@ -186,9 +179,8 @@ def _base_rows(rng: np.random.Generator, n: int, n_acc: int, seed: int) -> list[
     away = np.concatenate([rng.random(n_single) < 0.07, (rng.random(n_bursts) < 0.3)[burst_of]])
     other = (home[acc] + rng.integers(1, n_c, size=n)) % n_c
     country = np.where(away, other, home[acc])
-    if n_bursts:  # a burst stays in the country of its first row
-        first = np.concatenate([[0], np.cumsum(sizes)[:-1]]) + n_single
-        country[n_single:] = country[first[burst_of]]
+    first = np.concatenate([[0], np.cumsum(sizes)[:-1]]) + n_single
+    country[n_single:] = country[first[burst_of]]  # a burst stays in one country
     hours = rng.choice(24, size=n, p=_HOURLY / _HOURLY.sum())
     local = rng.integers(0, DAYS, size=n) * 86400 + hours * 3600 + rng.integers(0, 3600, size=n)
     gaps = rng.integers(20, 241, size=n - n_single)
@@ -210,16 +202,16 @@ def _base_rows(rng: np.random.Generator, n: int, n_acc: int, seed: int) -> list[
     decimals = np.array([c in ZERO_DECIMAL for c in CURRENCIES])[cur]
     minor = np.maximum(1, np.round(usd * rate * np.where(decimals, 1, 100))).astype(np.int64)
 
-    off_str = np.array([COUNTRIES[c][2][o] for c, o in zip(m_country, m_offset)], dtype=object)
+    off_str = np.array([COUNTRIES[c][2][o] for c, o in zip(m_country, m_offset, strict=True)],
+                       dtype=object)
     off_sec = np.array([_offset_seconds(s) for s in off_str])[merch]
     log_usd = np.log(usd)
     risky = np.array([MCCS[m][0] in RISKY_MCCS for m in range(len(MCCS))])[mcc_idx]
     fraud = _fraud(rng, [hours <= 5, (log_usd - log_usd.mean()) / log_usd.std(), risky, burst,
                          away], [1.5, 0.9, 1.4, 2.0, 1.6])
 
-    order = np.argsort(local - off_sec[np.arange(n)] * 0 - off_sec, kind="stable")
-    acc, merch, cur, minor, fraud = acc[order], merch[order], cur[order], minor[order], fraud[order]
-    local = local[order]
+    ix = np.argsort(local - off_sec, kind="stable")  # UTC order
+    acc, merch, cur, minor, fraud, local = (x[ix] for x in (acc, merch, cur, minor, fraud, local))
     cur_names = [CURRENCIES[c] for c in cur.tolist()]
     mcc_codes = np.array([MCCS[m][0] for m in m_mcc.tolist()], dtype=object)
     country_codes = np.array([c[0] for c in COUNTRIES], dtype=object)
@@ -227,7 +219,7 @@ def _base_rows(rng: np.random.Generator, n: int, n_acc: int, seed: int) -> list[
         [f"txn-{seed}-{k:08d}" for k in range(n)],
         accounts[acc].tolist(),
         cards[acc].tolist(),
-        [_amount_str(m, c) for m, c in zip(minor.tolist(), cur_names)],
+        [_amount_str(m, c) for m, c in zip(minor.tolist(), cur_names, strict=True)],
         cur_names,
         _timestamps(local, off_str[merch]),
         np.array(names, dtype=object)[merch].tolist(),
@@ -239,9 +231,8 @@ def _base_rows(rng: np.random.Generator, n: int, n_acc: int, seed: int) -> list[
 
 def _shift(ts: str, seconds: int) -> str:
     """`ts` (as written by `_timestamps`) moved by `seconds`, keeping its offset."""
-    cut = 19
-    wall = np.datetime64(ts[:cut], "s") + np.timedelta64(seconds, "s")
-    return str(wall) + ts[cut:]
+    wall = np.datetime64(ts[:19], "s") + np.timedelta64(seconds, "s")
+    return str(wall) + ts[19:]
 
 
 def _csv_line(values: Sequence[str]) -> str:
@@ -253,8 +244,157 @@ def _csv_line(values: Sequence[str]) -> str:
 
 def _json_line(values: Sequence[str | None], drop: str = "") -> str:
     obj: dict[str, str | int | None] = {
-        k: v for k, v in zip(HEADER, values) if k != drop
-    }
+        k: v for k, v in zip(HEADER, values, strict=True) if k != drop}
     if "is_fraud" in obj:
         obj["is_fraud"] = int(values[_COL["is_fraud"]] or 0)
     return json.dumps(obj, ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class _Row:
+    """A planted row: its values (None = absent/null), or a raw line written instead."""
+
+    values: list[str | None]
+    reason: str = ""
+    detail: str = ""
+    raw: str | None = None
+    dest: str | None = None  # "csv"/"jsonl" when the defect only exists in one format
+    drop: str = ""  # JSON key left out entirely
+
+
+def _defect(rng: np.random.Generator, row: _Row, j: int) -> _Row:
+    """Give `row` the j-th variant of its reason's defect, and nothing else."""
+    v, reason = row.values, row.reason
+    if reason == GT.MALFORMED_ROW:
+        kind = j % 4
+        if kind < 2:
+            fields = [x or "" for x in v]
+            fields = fields[:6] + fields[7:] if kind == 0 else [*fields, "EXTRA"]
+            row.raw, row.dest = _csv_line(fields), "csv"
+            row.detail = f"{len(fields)} columns instead of {len(HEADER)}"
+        else:
+            full = _json_line(v)
+            if kind == 2:  # cut after the card number, so every written card is whole
+                lo = full.index(str(v[_COL["card_number"]])) + 17
+                row.raw = full[: int(rng.integers(lo, len(full) - 1))]
+                row.detail = "truncated JSON object"
+            else:
+                row.raw, row.detail = full + (" }", ",", " garbage")[j % 3], "trailing garbage"
+            row.dest = "jsonl"
+    elif reason == GT.MISSING_FIELD:
+        field = _MISSABLE[j % len(_MISSABLE)]
+        v[_COL[field]] = None
+        if (j // len(_MISSABLE)) % 2 == 0:
+            row.drop = field
+        row.detail = f"{field} missing"
+    elif reason == GT.BAD_AMOUNT:
+        v[_COL["amount"]] = _BAD_AMOUNTS[j % len(_BAD_AMOUNTS)]
+    elif reason == GT.AMOUNT_OUT_OF_RANGE:
+        table = _OUT_OF_RANGE_JPY if v[_COL["currency"]] in ZERO_DECIMAL else _OUT_OF_RANGE
+        v[_COL["amount"]] = table[j % len(table)]
+    elif reason == GT.BAD_TIMESTAMP:
+        v[_COL["timestamp"]] = _BAD_TIMESTAMPS[j % len(_BAD_TIMESTAMPS)]
+    elif reason == GT.UNKNOWN_CURRENCY:
+        v[_COL["currency"]] = _BAD_CURRENCIES[j % len(_BAD_CURRENCIES)]
+    elif reason == GT.BAD_CARD:
+        card = str(v[_COL["card_number"]])
+        bad = (card[:-1] + str((int(card[-1]) + 5) % 10),  # fails Luhn
+               card[:6] + "XXXXXX" + card[12:],  # masked, as some exports write it
+               card[:8] + "O" + card[9:])  # letter O for a digit
+        v[_COL["card_number"]] = bad[j % len(bad)]
+    changed = {GT.BAD_AMOUNT: "amount", GT.AMOUNT_OUT_OF_RANGE: "amount",
+               GT.BAD_TIMESTAMP: "timestamp", GT.UNKNOWN_CURRENCY: "currency",
+               GT.BAD_CARD: "card_number"}.get(reason)
+    if changed is not None:
+        row.detail = f"{changed}={v[_COL[changed]]!r}"
+    return row
+
+
+def generate_transactions(out_dir: pathlib.Path, scale: float, seed: int) -> ModalityResult:
+    """Write `out_dir/transactions/` and return what was planted there."""
+    rng = modality_rng(seed, "transactions")
+    root = out_dir / "transactions"
+    root.mkdir(parents=True, exist_ok=True)
+    n_total = scaled(10_000, scale, 1000)
+    n_copies = {GT.EXACT: scaled(60, scale, 3), GT.REPLAY: scaled(30, scale, 3),
+                GT.RETRY: scaled(30, scale, 3), GT.LABEL_CONFLICT_KIND: scaled(20, scale, 3)}
+    n_bad_each = scaled(20, scale, 4)
+    n_gen = n_total - sum(n_copies.values())
+    cols = _base_rows(rng, n_gen, scaled(500, scale, 50), seed)
+
+    def values(i: int) -> list[str | None]:
+        return [c[i] for c in cols]
+    picks = rng.choice(n_gen, size=n_bad_each * len(_BAD_REASONS) + sum(n_copies.values()),
+                       replace=False).tolist()
+    special: dict[int, _Row] = {}
+    for j, i in enumerate(picks[: n_bad_each * len(_BAD_REASONS)]):
+        special[i] = _defect(rng, _Row(values(i), _BAD_REASONS[j // n_bad_each]), j % n_bad_each)
+
+    copies: list[tuple[int, str, _Row]] = []
+    srcs = iter(picks[n_bad_each * len(_BAD_REASONS):])
+    for kind, count in n_copies.items():
+        for _ in range(count):
+            src = next(srcs)
+            row = _Row(values(src), detail="same row")
+            v = row.values
+            if kind in _SHIFT_S:
+                dt = int(rng.integers(*_SHIFT_S[kind]))
+                v[_COL["timestamp"]] = _shift(str(v[_COL["timestamp"]]), dt)
+                row.detail = f"timestamp +{dt} s"
+            if kind == GT.RETRY:
+                v[_COL["txn_id"]] = f"txn-{seed}-{n_gen + len(copies):08d}"
+            elif kind == GT.LABEL_CONFLICT_KIND:
+                v[_COL["is_fraud"]] = "0" if v[_COL["is_fraud"]] == "1" else "1"
+                row.detail = f"is_fraud {v[_COL['is_fraud']]} instead of the original's"
+            copies.append((src, kind, row))
+
+    n_all = n_gen + len(copies)
+    to_jsonl = rng.random(n_all) < 0.2
+    for i, row in special.items():
+        to_jsonl[i] = to_jsonl[i] if row.dest is None else row.dest == "jsonl"
+    # A copy lands shortly after its original in the stream, often in another shard.
+    key = np.arange(n_all, dtype=np.float64)
+    key[n_gen:] = [src + float(rng.uniform(0.5, 0.05 * n_gen)) for src, _, _ in copies]
+    planted = {**special, **{n_gen + k: c[2] for k, c in enumerate(copies)}}
+
+    order = np.argsort(key, kind="stable")
+    csv_idx, json_idx = order[~to_jsonl[order]], order[to_jsonl[order]]
+    n_csv_shards = max(2, math.ceil(len(csv_idx) / 200_000))
+    n_json_shards = max(1, math.ceil(len(json_idx) / 200_000))
+    file_of, line_of = np.zeros(n_all, dtype=np.int64), np.zeros(n_all, dtype=np.int64)
+    files: list[str] = []
+    for s, chunk in enumerate(np.array_split(csv_idx, n_csv_shards)):
+        path = root / f"part-{s:03d}.csv"
+        lines = [",".join(HEADER)]
+        for i in chunk.tolist():
+            p = planted.get(i)
+            lines.append(",".join(c[i] for c in cols) if p is None
+                         else p.raw or _csv_line([x or "" for x in p.values]))
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        file_of[chunk], line_of[chunk] = len(files), np.arange(2, len(chunk) + 2)
+        files.append(rel(path, out_dir))
+    for s, chunk in enumerate(np.array_split(json_idx, n_json_shards)):
+        path = root / f"part-{n_csv_shards + s:03d}.jsonl"
+        lines = []
+        for i in chunk.tolist():
+            p = planted.get(i)
+            lines.append(_json_line(values(i)) if p is None
+                         else p.raw or _json_line(p.values, p.drop))
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        file_of[chunk], line_of[chunk] = len(files), np.arange(1, len(chunk) + 1)
+        files.append(rel(path, out_dir))
+
+    result = ModalityResult(n_records=n_all)
+    for i, row in sorted(special.items()):
+        result.bad.append(BadRecord("transactions", files[file_of[i]], int(line_of[i]),
+                                    row.reason, row.detail, cols[0][i]))
+    result.bad.sort(key=lambda b: (b.file, b.line or 0))
+    for k, (src, kind, row) in enumerate(copies):
+        c = n_gen + k
+        result.duplicates.append(PlantedDuplicate(
+            "transactions", kind, files[file_of[src]], int(line_of[src]), cols[0][src],
+            files[file_of[c]], int(line_of[c]), str(row.values[0]), detail=row.detail))
+    written = {card for i, card in enumerate(cols[2]) if i not in special}
+    written.update(str(r.values[_COL["card_number"]]) for r in planted.values())
+    result.card_numbers = sorted(written)
+    return result
