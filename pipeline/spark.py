@@ -20,10 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def _under_spark_submit() -> bool:
-    # spark-submit starts the driver with these set; a plain `python` run has neither.
-    return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1" or (
-        "pyspark-shell" not in os.environ.get("PYSPARK_SUBMIT_ARGS", "pyspark-shell")
-    )
+    # When spark-submit launches the Python driver, the JVM is already running and hands
+    # its gateway port to the driver; a plain `python` run starts its own JVM instead.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
 def get_spark(cfg: SparkConfig) -> SparkSession:

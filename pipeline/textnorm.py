@@ -23,8 +23,10 @@ def normalize_text(text: str) -> str:
     Runs of any Unicode whitespace become one ASCII space; leading and trailing space is
     stripped. Case is preserved: the curated text is what a model trains on.
     """
-    text = unicodedata.normalize("NFC", text)
+    # Controls go first: removing one between a letter and a combining mark after NFC
+    # would leave a decomposed pair, and normalizing twice would then change the text.
     text = _CONTROL_RE.sub("", text)
+    text = unicodedata.normalize("NFC", text)
     return _WHITESPACE_RE.sub(" ", text).strip()
 
 

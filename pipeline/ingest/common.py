@@ -4,9 +4,9 @@ The quarantine table has one schema for all modalities (DESIGN.md): `stage, sour
 reason, detail, raw`. `raw` is truncated and has anything shaped like a card number
 masked, so that no quarantine row can leak a PAN even when the row is garbage.
 
-Spark names its output files with a random UUID; `write_parquet` hash-partitions by a
-stable key, sorts within partitions and renames the files to `part-NNNNN.parquet`, so the
-same input gives the same file names and the same bytes on every run.
+`write_parquet` hash-partitions by a stable key, sorts within partitions and has each task
+write its partition as `part-NNNNN.parquet` with pyarrow, so the same input gives the same
+file names and the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -44,11 +45,15 @@ QUARANTINE_SCHEMA = T.StructType([
 @dataclass
 class IngestResult:
     """What an ingest function returns: curated rows, quarantined rows, and how many records
-    it read, counted independently of the split so the stage can prove they reconcile."""
+    it read, counted independently of the split so the stage can prove they reconcile.
+
+    `shared` is the parsed-and-checked frame both outputs are filtered from; the stage
+    persists it so the raw files are read and parsed once for the two writes."""
 
     curated: DataFrame
     quarantine: DataFrame
     n_input: int
+    shared: DataFrame | None = None
 
 
 def mask_cards(raw: Column) -> Column:
@@ -85,35 +90,60 @@ def source_with_line(path: Column, line: Column) -> Column:
 def write_parquet(df: DataFrame, folder_url: str, key_cols: Sequence[str],
                   partitions: int) -> int:
     """Write `df` deterministically as zstd Parquet files `part-NNNNN.parquet` under
-    `folder_url`; returns the number of rows written (from the Parquet footers).
+    `folder_url`; returns the number of rows written.
 
     Rows go to a partition by a hash of `key_cols` (stable across runs, unlike range
-    bounds sampled per job), then are sorted by `key_cols` within it.
+    bounds sampled per job) and are sorted by `key_cols` within it. Each task then writes
+    its partition with pyarrow, in the executor: Spark's own Parquet writer lists column
+    encodings in the footer in a different order on every JVM run, so its files are never
+    byte-identical. A retried task rewrites the same name with the same bytes.
     """
+    schema = arrow_schema(df)
+    fs_url = folder_url.rstrip("/")
     keys = [F.col(c) for c in key_cols]
-    (df.repartition(partitions, *keys).sortWithinPartitions(*keys)
-       .write.mode("overwrite").option("compression", "zstd").parquet(folder_url))
-    return _rename_parts(folder_url)
+    ordered = df.repartition(partitions, *keys).sortWithinPartitions(*keys)
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        fs, folder = filesystem(fs_url)
+        path = posixpath.join(folder, f"part-{part:05d}.parquet")
+        rows = 0
+        writer: pq.ParquetWriter | None = None
+        handle = None
+        try:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                if writer is None:
+                    fs.makedirs(folder, exist_ok=True)
+                    handle = fs.open(path, "wb")
+                    writer = pq.ParquetWriter(handle, schema, compression="zstd")
+                writer.write_batch(_conform(batch, schema))
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+            if handle is not None:
+                handle.close()
+        yield pa.RecordBatch.from_pydict({"rows": [rows]}, schema=_WRITE_STATS)
+
+    stats = ordered.mapInArrow(write_partition, "rows long").collect()
+    return int(sum(r["rows"] for r in stats))
 
 
-def _rename_parts(folder_url: str) -> int:
-    import pyarrow.parquet as pq
+_WRITE_STATS = pa.schema([("rows", pa.int64())])
 
-    fs, folder = filesystem(folder_url)
-    rows = 0
-    for path in sorted(fs.find(folder)):
-        name = posixpath.basename(path)
-        if name.startswith(("_", ".")) or name.endswith(".crc"):
-            fs.rm(path)  # _SUCCESS, .crc checksums: the manifest replaces them
-            continue
-        match = re.match(r"part-(\d+)-", name)
-        if not match:
-            continue
-        target = posixpath.join(folder, f"part-{int(match.group(1)):05d}.parquet")
-        fs.mv(path, target)
-        with fs.open(target, "rb") as fh:
-            rows += pq.ParquetFile(fh).metadata.num_rows
-    return rows
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Cast a batch to the target schema (Spark may hand over large_string/large_binary)."""
+    if batch.schema.equals(schema):
+        return batch
+    return pa.RecordBatch.from_arrays(
+        [batch.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
 
 
 def reason_counts(quarantine: DataFrame) -> dict[str, int]:
@@ -128,8 +158,13 @@ def check_reasons(modality: str, counts: Mapping[str, int]) -> None:
         raise ValueError(f"{modality} ingest produced unlisted reason codes {unknown}")
 
 
-def spark_schema_fingerprint(df: DataFrame) -> str:
-    """Fingerprint of a DataFrame's schema in Arrow terms (what Parquet readers see)."""
+def arrow_schema(df: DataFrame) -> pa.Schema:
+    """The Arrow schema of a DataFrame as our Parquet files store it (timestamps in UTC)."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return schema_fingerprint(to_arrow_schema(df.schema))
+    return to_arrow_schema(df.schema, timezone="UTC")
+
+
+def spark_schema_fingerprint(df: DataFrame) -> str:
+    """Fingerprint of a DataFrame's schema in Arrow terms (what Parquet readers see)."""
+    return schema_fingerprint(arrow_schema(df))

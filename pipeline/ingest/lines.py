@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipeline.storage import filesystem, to_url
@@ -48,12 +48,83 @@ def list_input_files(urls: Sequence[str], extensions: Sequence[str]) -> list[str
     return sorted(found)
 
 
-def read_files(spark: SparkSession, files: Sequence[str]) -> DataFrame:
-    """The binary file source over exactly `files`: columns path, content, length."""
+FILES_SCHEMA = "path string, content binary, length long"
+
+
+def read_files(spark: SparkSession, files: Sequence[str], include_empty: bool = True) -> DataFrame:
+    """The binary file source over exactly `files`: columns path, content, length.
+
+    Spark's file index silently skips zero-length files, which would drop a record without a
+    trace where a file is one record (a .txt document, an image). With `include_empty` the
+    empty ones (found by a size look-up of `files`) come back as rows with empty content and
+    `path` spelled as Spark spells it (`file:/x`)."""
     if not files:
-        return spark.createDataFrame([], "path string, content binary, length long")
-    return (spark.read.format("binaryFile").load(list(files))
-            .select("path", "content", "length"))
+        return spark.createDataFrame([], FILES_SCHEMA)
+    df = (spark.read.format("binaryFile").load(list(files))
+          .select("path", "content", "length"))
+    if include_empty:
+        empty = [(_hadoop_path(f), bytearray(), 0) for f in _empty_files(files)]
+        if empty:
+            df = df.unionByName(spark.createDataFrame(empty, FILES_SCHEMA))
+    return df
+
+
+def _empty_files(files: Sequence[str]) -> list[str]:
+    by_protocol: dict[str, list[str]] = {}
+    for f in files:
+        by_protocol.setdefault(f.split("://", 1)[0], []).append(f)
+    empty: list[str] = []
+    for group in by_protocol.values():
+        fs, _ = filesystem(group[0])
+        # One batched call per filesystem (object stores answer these concurrently).
+        sizes = fs.sizes([filesystem(f)[1] for f in group])
+        empty.extend(f for f, size in zip(group, sizes, strict=True) if not size)
+    return empty
+
+
+def _hadoop_path(uri: str) -> str:
+    # Hadoop writes local files as `file:/x`, not `file:///x`.
+    return "file:" + uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def spark_path_to_uri(path: Column) -> Column:
+    """Spark expression: a path column as Spark spells it (`file:/x`) turned into the URI
+    `list_input_files` returns (`file:///x`), so lineage reads the same as the listing and
+    round-trips through `pipeline.storage`. Other schemes are left alone."""
+    return F.regexp_replace(path, r"^file:/+", "file:///")
+
+
+def input_roots(urls: Sequence[str]) -> list[str]:
+    """The input URLs in the spelling `list_input_files` uses for the files under them."""
+    roots: list[str] = []
+    for url in urls:
+        url = to_url(url)
+        _, root = filesystem(url)
+        protocol = url.split("://", 1)[0]
+        roots.append(f"file://{root}" if protocol == "file" else f"{protocol}://{root}")
+    return roots
+
+
+def relative_key(uri: Column, roots: Sequence[str]) -> Column:
+    """Spark expression: `<i>/<path of uri relative to roots[i]>` for the first root holding
+    the file URI `uri` (a root that is itself a file gives its base name).
+
+    Ids hashed from this key do not change when the input folder moves; the root's position
+    keeps two roots that both hold `part-000.jsonl` apart."""
+    key: Column = F.lit(None).cast("string")
+    for i, root in reversed(list(enumerate(roots))):
+        prefix = root if root.endswith("/") else root + "/"
+        key = (F.when(uri == F.lit(root), F.lit(f"{i}/{posixpath.basename(root)}"))
+               .when(uri.startswith(prefix),
+                     F.concat(F.lit(f"{i}/"), F.substring(uri, len(prefix) + 1, 1 << 30)))
+               .otherwise(key))
+    return key
+
+
+def stable_id(*parts: Column) -> Column:
+    """Spark expression: the first 16 hex digits of SHA-256 over `parts` joined by ':'."""
+    return F.substring(F.sha2(F.concat_ws(":", *[p.cast("string") for p in parts]), 256),
+                       1, 16)
 
 
 _WHITESPACE = np.array([0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20], dtype=np.uint8)
@@ -110,7 +181,8 @@ def _lines_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBa
 def read_lines(spark: SparkSession, files: Sequence[str]) -> DataFrame:
     """One row per non-blank line of `files`: path, line (1-based), text (None when the
     line is not valid UTF-8) and raw (the line's bytes without its line ending)."""
-    return read_files(spark, files).select("path", "content").mapInArrow(
+    # Empty files hold no lines, so they need no size look-up.
+    return read_files(spark, files, include_empty=False).select("path", "content").mapInArrow(
         _lines_of_batches, LINES_SCHEMA)
 
 

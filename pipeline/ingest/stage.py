@@ -90,9 +90,9 @@ def run_ingest(ctx: StageContext, modality: str) -> StageResult:
     partitions = ctx.cfg.spark.shuffle_partitions
     curated_url = join(ctx.staging_url, "curated")
     quarantine_url = join(ctx.staging_url, "quarantine")
-    # The two outputs share their parse; cache it so the raw files are read once.
-    result.curated.persist()
-    result.quarantine.persist()
+    # The two outputs share their parse; cache it so the raw files are parsed once.
+    if result.shared is not None:
+        result.shared.persist()
     try:
         n_curated = write_parquet(result.curated, curated_url, CURATED_KEYS[modality],
                                   partitions)
@@ -100,8 +100,8 @@ def run_ingest(ctx: StageContext, modality: str) -> StageResult:
         schemas = {"curated": spark_schema_fingerprint(result.curated),
                    "quarantine": spark_schema_fingerprint(result.quarantine)}
     finally:
-        result.curated.unpersist()
-        result.quarantine.unpersist()
+        if result.shared is not None:
+            result.shared.unpersist()
     by_reason = {r["reason"]: int(r["count"]) for r in
                  ctx.spark.read.parquet(quarantine_url).groupBy("reason").count().collect()}
     check_reasons(modality, by_reason)

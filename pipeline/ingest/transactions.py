@@ -59,7 +59,7 @@ from pipeline.storage import filesystem
 
 log = logging.getLogger(__name__)
 
-STAGE = "ingest/transactions"
+STAGE = "ingest"
 COLUMNS: tuple[str, ...] = ("txn_id", "account", "card_number", "amount", "currency",
                             "timestamp", "merchant", "mcc", "country", "is_fraud")
 CORRUPT = "_corrupt_record"
@@ -367,4 +367,4 @@ def ingest_transactions(spark: SparkSession, cfg: TransactionInputConfig,
     quarantine = quarantine_rows(bad, STAGE, source_with_line(F.col("path"), F.col("line")),
                                  F.col("reason"), F.col("detail"), _masked_raw())
     return IngestResult(curated=_curated(checked, hmac_key), quarantine=quarantine,
-                        n_input=_count_records(spark, files, len(headers)))
+                        shared=checked, n_input=_count_records(spark, files, len(headers)))

@@ -257,7 +257,7 @@ def test_each_reason_at_its_source(result: dict[str, Any], planted: Dataset,
     for p in expected:
         got = result["quarantine"].get(p.source)
         assert got is not None, f"{p.txn_id} ({reason}) not quarantined"
-        assert (got["reason"], got["stage"]) == (reason, "ingest/transactions"), (p, got)
+        assert (got["reason"], got["stage"]) == (reason, "ingest"), (p, got)
         assert got["detail"]
 
 
