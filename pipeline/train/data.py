@@ -1,0 +1,325 @@
+"""The Parquet -> tensor data path: Ray Data shards with a deterministic order per epoch.
+
+Why not `streaming_split` (Ray Train's default sharding)? It hands blocks to whichever
+worker asks first, so which rows a rank sees, and in which order, depends on timing. A run
+resumed in the middle of an epoch would then skip the wrong batches (Ray Train itself
+keeps no position inside an epoch: ray-project/ray#37633). Here every row's place is a
+pure function of (data, seed, epoch, world size):
+
+1. Driver, once per run: `read_parquet` of exactly the files the stage manifest lists
+   (relative to the stage folder, so the result does not depend on where the run lives),
+   filter pushed down to `split == "train"` / `"val"`, decimals and timestamps cast to
+   numpy-friendly types. Each row gets a key = splitmix64(row_hash ^ seed), where Ray
+   Data's `row_hash` hashes (file path, row position); sorting on that key is a seeded
+   global permutation that is deterministic by construction, whatever the block layout
+   or cluster size. A task's optional `preprocess` hook (vectorized feature computation
+   on Arrow) runs here too, so that it costs once per row, not once per row and epoch, and
+   in parallel Ray Data tasks. The sorted train split is materialized and cut with
+   `Dataset.split(world_size * CHUNKS_PER_RANK, equal=True)` into equal chunks (up to
+   chunks-1 rows are dropped, as DistributedSampler(drop_last=True) would); val is cut
+   into one contiguous, exact shard per rank with `split_at_indices`.
+2. Every chunk and val shard is passed to the TorchTrainer as its own dataset with
+   `DataConfig(datasets_to_split=[])`, so each worker can stream any chunk from the object
+   store through its own DataIterator; no rows are re-read from Parquet and no Ray Data
+   tasks run while the workers hold the CPUs (a cluster fully booked by training workers
+   would otherwise starve the read tasks).
+3. Epoch e, rank r: a permutation of the chunks seeded by (seed, e) gives rank r its
+   CHUNKS_PER_RANK chunks (so rows move between ranks from epoch to epoch); they are
+   streamed in that order, in windows of SHUFFLE_WINDOW_BATCHES batches, and each window
+   is permuted with a generator seeded by (seed, e, r, window). Windows are cut from the
+   concatenated row stream, not from blocks, so the batches are identical on every run.
+
+All ranks get the same number of rows, hence the same number of batches per epoch, which
+DDP needs. Resuming at batch b of epoch e replays the same stream and drops its first b
+batches before any conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from pipeline.storage import filesystem, published_files, read_manifest, to_url
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+CHUNKS_PER_RANK = 4
+SHUFFLE_WINDOW_BATCHES = 32
+_ORDER = "_order"
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def arrow_filesystem(url: str, options: Mapping[str, Any] | None = None
+                     ) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for any fsspec URL (local disks natively)."""
+    url = to_url(url)
+    if url.startswith("file://"):
+        return pafs.LocalFileSystem(), url[len("file://"):]
+    fs, path = filesystem(url, options)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer: a bijective 64-bit mix (vectorized, wraps mod 2**64)."""
+    z = np.asarray(x, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z & _MASK64
+
+
+def numpy_friendly(table: pa.Table) -> pa.Table:
+    """Decimals -> float64 (numpy has no decimal; exact to the cent below 2**53 cents) and
+    tz-aware timestamps -> naive UTC, so batches convert to plain numpy arrays."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_decimal(f.type):
+            table = table.set_column(i, f.name, pc.cast(table.column(i), pa.float64()))
+        elif pa.types.is_timestamp(f.type) and f.type.tz is not None:
+            table = table.set_column(i, f.name, table.column(i).cast(pa.timestamp(f.type.unit)))
+    return table
+
+
+#: a task's optional `preprocess(table) -> table` hook, run inside the Ray Data read
+Preprocess = Callable[[pa.Table], pa.Table]
+
+
+def _normalize_and_key(batch: pa.Table, seed: int, preprocess: Preprocess | None
+                       ) -> pa.Table:
+    salt = splitmix64(np.array([seed], dtype=np.uint64))[0]
+    keys = splitmix64(batch.column("row_hash").to_numpy() ^ salt)
+    out = numpy_friendly(batch.drop_columns(["row_hash", "split"]))
+    if preprocess is not None:
+        out = preprocess(out)
+    return out.append_column(_ORDER, pa.array(keys, type=pa.uint64()))
+
+
+@contextlib.contextmanager
+def _ordered_data_context() -> Iterator[None]:
+    # Datasets copy the current DataContext when they are created: turn order
+    # preservation on (and the per-execution progress output off: workers run one short
+    # execution per chunk and epoch) for ours, without leaving it so for other users.
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = before
+
+
+def read_split_columns(stage_url: str, split: str, columns: Sequence[str],
+                       options: Mapping[str, Any] | None = None) -> pa.Table:
+    """A few columns of one split, read on the driver with pyarrow (column projection and
+    a row-group filter keep it cheap): for task statistics such as class vocabularies or
+    the positive rate, which do not need a Ray Data job."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    for url in published_files(stage_url, prefix="data/", suffix=".parquet", options=options):
+        fs, path = filesystem(url, options)
+        with fs.open(path, "rb") as fh:
+            table = pq.read_table(fh, columns=[*columns, "split"],
+                                  filters=[("split", "==", split)])
+        parts.append(table.drop_columns(["split"]))
+    return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
+
+
+def read_split(stage_url: str, split: str, columns: Sequence[str], seed: int = 0,
+               options: Mapping[str, Any] | None = None,
+               preprocess: Preprocess | None = None) -> ray.data.Dataset:
+    """Lazy Dataset of one split of a published stage: the listed Parquet files only,
+    `columns` (or what `preprocess` makes of them) plus an `_order` key (see the module
+    docstring)."""
+    import ray.data
+    from ray.data.expressions import col, lit
+
+    files = published_files(stage_url, prefix="data/", suffix=".parquet", options=options)
+    if not files:
+        raise ValueError(f"{stage_url}: the manifest lists no data/*.parquet files")
+    fs, root = arrow_filesystem(stage_url, options)
+    stage_fs = pafs.SubTreeFileSystem(root.rstrip("/"), fs)
+    rel = [posixpath.relpath(arrow_filesystem(f, options)[1], root) for f in files]
+    with _ordered_data_context():
+        ds = ray.data.read_parquet(rel, filesystem=stage_fs, include_row_hash=True)
+        # Projection and the filter below are pushed down into the Parquet scan.
+        ds = ds.select_columns([*columns, "split", "row_hash"])
+        ds = ds.filter(expr=col("split") == lit(split))
+        return ds.map_batches(partial(_normalize_and_key, seed=seed, preprocess=preprocess),
+                              batch_format="pyarrow")
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """The per-run Ray Data inputs of one task, built on the driver."""
+
+    data_digest: str
+    world_size: int
+    chunks_per_rank: int
+    train_rows: int  # rows trained on per epoch, all ranks
+    dropped_rows: int
+    val_rows: int
+    chunks: tuple[ray.data.Dataset, ...]
+    val_shards: tuple[ray.data.Dataset, ...]
+
+    @property
+    def rows_per_rank(self) -> int:
+        return self.train_rows // self.world_size
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return -(-self.rows_per_rank // batch_size)
+
+    def datasets(self) -> dict[str, ray.data.Dataset]:
+        """What the TorchTrainer gets (`datasets=`), each streamed unsplit."""
+        out = {chunk_name(k): c for k, c in enumerate(self.chunks)}
+        out.update({val_name(r): v for r, v in enumerate(self.val_shards)})
+        return out
+
+
+def chunk_name(k: int) -> str:
+    return f"train_c{k:03d}"
+
+
+def val_name(rank: int) -> str:
+    return f"val_r{rank:03d}"
+
+
+def prepare_inputs(stage_url: str, columns: Sequence[str], world_size: int, seed: int,
+                   options: Mapping[str, Any] | None = None,
+                   chunks_per_rank: int = CHUNKS_PER_RANK,
+                   preprocess: Preprocess | None = None) -> SplitInputs:
+    """Read, key, sort and cut the train/val splits of a stage for `world_size` workers
+    (`preprocess`: a task's per-row feature computation, done here once, in parallel)."""
+    digest = read_manifest(stage_url, options).digest
+    with _ordered_data_context():
+        train = read_split(stage_url, "train", columns, seed, options, preprocess)
+        train = train.sort(_ORDER).drop_columns([_ORDER]).materialize()
+        val = read_split(stage_url, "val", columns, seed, options, preprocess)
+        val = val.drop_columns([_ORDER]).materialize()
+        n_train, n_val = train.count(), val.count()
+        if n_train < world_size:
+            raise ValueError(f"{stage_url}: {n_train} train rows cannot feed {world_size} "
+                             f"workers")
+        chunks_per_rank = max(1, min(chunks_per_rank, n_train // world_size))
+        n_chunks = world_size * chunks_per_rank
+        chunks = tuple(train.split(n_chunks, equal=True))
+        kept = (n_train // n_chunks) * n_chunks
+        bounds = [n_val * r // world_size for r in range(1, world_size)]
+        val_shards = tuple(val.split_at_indices(bounds)) if bounds else (val,)
+    log.info("train split: %d rows in %d chunks of %d (%d dropped to keep ranks equal); "
+             "val split: %d rows over %d workers", n_train, n_chunks, n_train // n_chunks,
+             n_train - kept, n_val, world_size)
+    return SplitInputs(digest, world_size, chunks_per_rank, kept, n_train - kept, n_val,
+                       chunks, val_shards)
+
+
+# --- worker side ------------------------------------------------------------------------
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]))
+
+
+def epoch_chunks(seed: int, epoch: int, n_chunks: int, world_size: int, rank: int
+                 ) -> list[int]:
+    """The chunks rank `rank` streams in epoch `epoch`, in order."""
+    per_rank = n_chunks // world_size
+    order = _rng(seed, epoch, 0x5EED).permutation(n_chunks)
+    return [int(k) for k in order[rank * per_rank:(rank + 1) * per_rank]]
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _take(batch: Mapping[str, np.ndarray], idx: Any) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def _windows(streams: Iterable[Iterable[Mapping[str, np.ndarray]]], rows: int
+             ) -> Iterator[dict[str, np.ndarray]]:
+    """Re-cut a sequence of batch streams into windows of exactly `rows` rows (the last
+    one shorter), independent of how the streams were blocked."""
+    parts: list[dict[str, np.ndarray]] = []
+    have = 0
+    for stream in streams:
+        for batch in stream:
+            parts.append(dict(batch))
+            have += len(next(iter(batch.values())))
+            while have >= rows:
+                joined = _concat(parts)
+                yield _take(joined, slice(0, rows))
+                rest = _take(joined, slice(rows, None))
+                have -= rows
+                parts = [rest] if have else []
+    if have:
+        yield _concat(parts)
+
+
+def epoch_batches(iterators: Sequence[Any], batch_size: int, seed: int, epoch: int,
+                  rank: int, start_batch: int = 0,
+                  window_batches: int = SHUFFLE_WINDOW_BATCHES
+                  ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(batch index in the epoch, numpy batch) for rank `rank`, from `start_batch` on.
+
+    `iterators` are the DataIterators of this rank's chunks for this epoch, in order."""
+    window_rows = batch_size * window_batches
+    streams = (it.iter_batches(batch_size=window_rows, batch_format="numpy",
+                               prefetch_batches=1) for it in iterators)
+    index = 0
+    for w, window in enumerate(_windows(streams, window_rows)):
+        n = len(next(iter(window.values())))
+        n_batches = -(-n // batch_size)
+        if index + n_batches <= start_batch:  # consumed before the checkpoint
+            index += n_batches
+            continue
+        perm = _rng(seed, epoch, rank, w, 0xB47C).permutation(n)
+        for b in range(n_batches):
+            if index >= start_batch:
+                yield index, _take(window, perm[b * batch_size:(b + 1) * batch_size])
+            index += 1
+
+
+def eval_batches(iterator: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of a val shard in stored order."""
+    yield from iterator.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                     prefetch_batches=1)
+
+
+def publish_split_table(stage_url: str, table: pa.Table, n_files: int = 2,
+                        stage: str = "dedup") -> str:
+    """Publish `table` as a split stage (data/part-*.parquet + manifest); returns its
+    digest. For tests, benchmarks and smoke runs that need a stage without Spark."""
+    import pyarrow.parquet as pq
+
+    from pipeline.storage import StageWriter
+
+    writer = StageWriter(stage_url, stage=stage)
+    fs, staging = filesystem(writer.staging_url)
+    bounds = np.linspace(0, table.num_rows, n_files + 1).astype(int)
+    for i in range(n_files):
+        part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+        with fs.open(posixpath.join(staging, "data", f"part-{i:05d}.parquet"), "wb") as fh:
+            pq.write_table(part, fh)
+    counts = pc.value_counts(table.column("split")).to_pylist()
+    manifest = writer.publish(row_counts={d["values"]: d["counts"] for d in counts})
+    return manifest.digest
