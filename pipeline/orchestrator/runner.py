@@ -153,7 +153,14 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None = None) -> 
                 disabled.add(stage.name)
                 outcomes.append(StageOutcome(stage.name, "skipped", 0.0, "disabled by config", {}))
                 continue
-            # A disabled upstream (synth when inputs are configured) is simply not an input.
+            # A disabled upstream (synth when inputs are configured) is simply not an input;
+            # one outside this call's stage list counts if it was published earlier.
+            names = {s.name for s in stages}
+            for n in stage.inputs:
+                if n not in names and n not in r.manifests:
+                    found = _existing_manifest(paths.stage(n))
+                    if found is not None:
+                        r.manifests[n] = found
             missing = [n for n in stage.inputs if n not in r.manifests and n not in disabled]
             if missing:
                 raise StageFailed(f"stage {stage.name} needs {missing}, which did not run")

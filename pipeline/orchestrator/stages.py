@@ -95,6 +95,10 @@ def synth_stage() -> Stage:
 
 def default_stages() -> list[Stage]:
     """The pipeline's stages in execution order."""
+    from pipeline.dedup.stage import dedup_report_stage, dedup_stage
     from pipeline.ingest.stage import MODALITIES, ingest_stage
+    from pipeline.train.stage import train_stage
 
-    return [synth_stage(), *(ingest_stage(m) for m in MODALITIES)]
+    return [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
+            *(dedup_stage(m) for m in MODALITIES), dedup_report_stage(MODALITIES),
+            *(train_stage(m) for m in MODALITIES)]

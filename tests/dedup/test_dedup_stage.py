@@ -1,0 +1,145 @@
+"""synth -> ingest -> dedup -> report through the runner, checked against ground truth."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import config_from_dict
+from pipeline.dedup.stage import dedup_report_stage, dedup_stage
+from pipeline.ingest.stage import MODALITIES, ingest_stage
+from pipeline.orchestrator import StageFailed, run_pipeline
+from pipeline.orchestrator.stages import synth_stage
+from pipeline.quality import QualityGateError
+from pipeline.storage import RunPaths, published_files, read_manifest, verify_stage
+from pipeline.synth import GroundTruth
+
+pytestmark = pytest.mark.integration
+
+
+def _stages() -> list[Any]:
+    return [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
+            *(dedup_stage(m) for m in MODALITIES), dedup_report_stage(MODALITIES)]
+
+
+def _table(stage_url: str, prefix: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for url in published_files(stage_url, prefix=prefix, suffix=".parquet"):
+        rows += pq.read_table(url.removeprefix("file://")).to_pylist()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> RunPaths:
+    root = tmp_path_factory.mktemp("dedup-stage")
+    cfg = config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
+                            "synth": {"scale": 0.3}, "spark": {"shuffle_partitions": 2}})
+    run_pipeline(cfg, _stages())
+    return RunPaths(f"file://{root}", "t")
+
+
+def _cluster_of(run: RunPaths, modality: str, key: str) -> dict[str, str]:
+    """Final cluster of every record of the dedup input, by `key` (an id or `source`)."""
+    stage = run.stage(f"dedup/{modality}")
+    clusters = {row[key]: row["cluster_id"] for row in _table(stage, "data/")}
+    for dup in _table(stage, "duplicates/"):
+        clusters[dup["dropped_id"]] = dup["cluster_id"]
+    return clusters
+
+
+def test_counts_reconcile_end_to_end(run: RunPaths) -> None:
+    for modality in MODALITIES:
+        ingest = verify_stage(run.stage(f"ingest/{modality}")).row_counts
+        dedup = verify_stage(run.stage(f"dedup/{modality}")).row_counts
+        assert ingest["curated"] == dedup["kept"] + dedup["duplicates"] + dedup["quarantined"]
+        assert ingest["input"] == (dedup["kept"] + dedup["duplicates"] + dedup["quarantined"]
+                                   + ingest["quarantined"])
+        assert sum(v for k, v in dedup.items() if k.startswith("split.")) == dedup["kept"]
+
+
+def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths) -> None:
+    gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
+                               + "/ground_truth.json")
+    curated = _table(run.stage("ingest/text"), "curated/")
+    doc_of = {row["raw_id"]: row["doc_id"] for row in curated}
+    cluster = _cluster_of(run, "text", "doc_id")
+    found = missed = merged_distinct = 0
+    for pair in gt.duplicates_for("text"):
+        a, b = doc_of.get(pair.original_id), doc_of.get(pair.copy_id)
+        assert a and b, pair
+        same = cluster[a] == cluster[b]
+        if pair.true_jaccard is None or pair.true_jaccard >= 0.85:
+            found += same
+            missed += not same
+        elif pair.true_jaccard < 0.6:
+            merged_distinct += same
+    assert missed == 0 and found > 0
+    assert merged_distinct == 0
+
+
+def test_images_copies_reencodes_and_resizes_merged(run: RunPaths) -> None:
+    gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
+                               + "/ground_truth.json")
+    curated = _table(run.stage("ingest/images"), "curated/")
+    image_of = {row["source"].split("/synth/", 1)[1]: row["image_id"] for row in curated}
+    cluster = _cluster_of(run, "images", "image_id")
+    for pair in gt.duplicates_for("images"):
+        if pair.kind in ("exact", "reencode", "resize"):
+            assert cluster[image_of[pair.original_file]] == cluster[image_of[pair.copy_file]], pair
+
+
+def test_transaction_replays_retries_and_conflicts(run: RunPaths) -> None:
+    gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
+                               + "/ground_truth.json")
+    stage = run.stage("dedup/transactions")
+    dropped = {d["dropped_id"]: d["rule"] for d in _table(stage, "duplicates/")}
+    quarantined = {q["source"].split("/synth/", 1)[1]: q["reason"]
+                   for q in _table(stage, "quarantine/")}
+    kept = {row["source"].split("/synth/", 1)[1]: row for row in _table(stage, "data/")}
+
+    def source_of(file: str, line: int | None) -> str:
+        return f"{file}:{line}"
+
+    for pair in gt.duplicates_for("transactions"):
+        copy = source_of(pair.copy_file, pair.copy_line)
+        if pair.kind == "label_conflict":
+            assert quarantined.get(copy) == "LABEL_CONFLICT", pair
+        elif pair.kind in ("exact", "replay"):
+            rules = {k.split("/synth/", 1)[1]: v for k, v in dropped.items()}
+            assert rules.get(copy) in ("txn_exact", "txn_replay"), pair
+        elif pair.kind == "retry":  # default retry_policy: flag
+            assert kept[copy]["is_probable_retry"] is True, pair
+
+
+def test_no_cluster_straddles_splits(run: RunPaths) -> None:
+    for modality in MODALITIES:
+        splits: dict[str, set[str]] = {}
+        for row in _table(run.stage(f"dedup/{modality}"), "data/"):
+            splits.setdefault(row["cluster_id"], set()).add(row["split"])
+        assert all(len(s) == 1 for s in splits.values()), modality
+        assert {s for v in splits.values() for s in v} == {"train", "val", "test"}
+
+
+def test_report_is_a_page_with_plots(run: RunPaths) -> None:
+    folder = Path(run.stage("reports/dedup").removeprefix("file://"))
+    page = (folder / "dedup.html").read_text()
+    HTMLParser().feed(page)
+    assert page.count("<svg") >= 3 and "data:image/png;base64," in page
+    assert read_manifest(run.stage("reports/dedup")).files
+
+
+def test_failing_gate_stops_with_its_name(run: RunPaths, spark: Any) -> None:
+    root = run.root.removeprefix("file://")
+    cfg = config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
+                            "synth": {"scale": 0.3}, "spark": {"shuffle_partitions": 2},
+                            "modalities": ["transactions"],
+                            "gates": {"max_duplicate_rate": 0.001}})
+    with pytest.raises(StageFailed) as err:
+        run_pipeline(cfg, [synth_stage(), ingest_stage("transactions"),
+                           dedup_stage("transactions")])
+    assert isinstance(err.value.__cause__, QualityGateError)
+    assert "max_duplicate_rate" in str(err.value) and "0.001" in str(err.value)
