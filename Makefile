@@ -37,6 +37,7 @@ lint: setup  ## ruff + mypy
 	$(BIN)/mypy pipeline jobs
 
 bench: setup  ## benchmarks: ratios against baselines measured in the same run
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 dist: setup  ## wheel + zip of the package for spark-submit --py-files

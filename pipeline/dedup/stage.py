@@ -67,10 +67,13 @@ def dedup_modality(spark: SparkSession, modality: str, curated: DataFrame,
         from pipeline.dedup.lsh import text_near_dedup
 
         kept_exact, dup_exact = exact_dedup(curated, "doc_id", "content_hash")
+        # The near-dup stage scans its input several times: keep the exact-dedup shuffle
+        # from being recomputed for each scan.
+        kept_exact = kept_exact.persist()
         near = text_near_dedup(spark, kept_exact, cfg.dedup)
         duplicates = remap_clusters(dup_exact, near.kept, "doc_id", later=near.duplicates
                                     ).unionByName(near.duplicates)
-        return DedupOutput(near.kept, duplicates, empty_quarantine)
+        return DedupOutput(near.kept, duplicates, empty_quarantine, kept_exact.unpersist)
     if modality == "images":
         from pipeline.dedup.images import image_dedup
 

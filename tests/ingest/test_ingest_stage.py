@@ -147,26 +147,35 @@ def test_lost_record_fails_the_stage(tmp_path: Path, spark: Any,
 @pytest.mark.timeout(600)
 def test_spark_submit_runs_the_job(first_run: Path, tmp_path: Path) -> None:
     """`spark-submit --master local[2] jobs/ingest.py` as a real subprocess, with the
-    package shipped as a zip; the output equals the in-process run's."""
+    package shipped as a zip: its outputs equal the in-process run's, and neither its
+    outputs nor its logs contain a planted card number."""
     dist = tmp_path / "dist"
     shutil.make_archive(str(dist / "pipeline"), "zip", ROOT, "pipeline")
     raw = first_run / "runs/t/synth"
     config = tmp_path / "job.yaml"
     config.write_text(json.dumps({
-        "run_id": "t", "storage": {"root": f"file://{tmp_path}/out"}, "modalities": ["text"],
-        "inputs": {"text": {"paths": [str(raw / "text")]}},
+        "run_id": "t", "storage": {"root": f"file://{tmp_path}/out"},
+        "inputs": {m: {"paths": [str(raw / m)]} for m in MODALITIES},
         "spark": {"shuffle_partitions": 2},
     }))
     spark_submit = Path(sys.executable).parent / "spark-submit"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "PIPELINE_LOG_LEVEL": "DEBUG", "COLUMNS": "250"}
     result = subprocess.run(
         [str(spark_submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
          "--py-files", str(dist / "pipeline.zip"), str(ROOT / "jobs/ingest.py"),
-         "--config", str(config), "--modality", "text"],
+         "--config", str(config)],
         capture_output=True, text=True, env=env, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
-    ours = read_manifest(f"file://{tmp_path}/out/runs/t/ingest/text")
-    reference = read_manifest(f"file://{first_run}/runs/t/ingest/text")
-    assert ours.row_counts == reference.row_counts
-    assert [(f.path, f.sha256) for f in ours.files] == [(f.path, f.sha256)
-                                                         for f in reference.files]
+    for modality in MODALITIES:
+        ours = read_manifest(f"file://{tmp_path}/out/runs/t/ingest/{modality}")
+        reference = read_manifest(f"file://{first_run}/runs/t/ingest/{modality}")
+        assert ours.row_counts == reference.row_counts
+        assert [(f.path, f.sha256) for f in ours.files] == [(f.path, f.sha256)
+                                                             for f in reference.files]
+    gt = GroundTruth.from_json(raw / "ground_truth.json")
+    logs = result.stdout + result.stderr
+    assert "ingest transactions" in logs  # the log lines are there, with their numbers
+    for card in gt.card_numbers:
+        if sum(ch.isdigit() for ch in card) >= 12:
+            assert card not in logs, "a card number appeared in the job's log"
