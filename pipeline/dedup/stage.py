@@ -73,8 +73,11 @@ def dedup_modality(spark: SparkSession, modality: str, curated: DataFrame,
         near = text_near_dedup(spark, kept_exact, cfg.dedup)
         duplicates = remap_clusters(dup_exact, near.kept, "doc_id", later=near.duplicates
                                     ).unionByName(near.duplicates)
-        return DedupOutput(near.kept, duplicates, empty_quarantine,
-                           lambda: None if kept_exact.unpersist() else None)
+
+        def release() -> None:
+            kept_exact.unpersist()
+
+        return DedupOutput(near.kept, duplicates, empty_quarantine, release)
     if modality == "images":
         from pipeline.dedup.images import image_dedup
 
