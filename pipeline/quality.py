@@ -222,11 +222,13 @@ class QualityGateError(RuntimeError):
 
 
 def _places(value: float, threshold: float) -> int:
-    """Fewest decimals (2..6) at which the value and the threshold read differently."""
-    for places in range(2, 7):
+    """Fewest decimals (2..6) that show the threshold as configured and at which the value
+    and the threshold read differently."""
+    exact = next((p for p in range(2, 7) if round(threshold, p) == threshold), 6)
+    for places in range(exact, 7):
         if round(value, places) != round(threshold, places):
             return places
-    return 2
+    return exact
 
 
 def _by_modality(figures: Mapping[str, Any]) -> list[Mapping[str, Any]]:

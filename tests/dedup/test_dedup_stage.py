@@ -65,11 +65,16 @@ def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths) ->
     gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
                                + "/ground_truth.json")
     curated = _table(run.stage("ingest/text"), "curated/")
-    doc_of = {row["raw_id"]: row["doc_id"] for row in curated}
+    doc_of = {row["source"].split("/synth/", 1)[1]: row["doc_id"] for row in curated}
+
+    def where(file: str, line: int | None) -> str:
+        return file if line is None else f"{file}:{line}"
+
     cluster = _cluster_of(run, "text", "doc_id")
     found = missed = merged_distinct = 0
     for pair in gt.duplicates_for("text"):
-        a, b = doc_of.get(pair.original_id), doc_of.get(pair.copy_id)
+        a = doc_of.get(where(pair.original_file, pair.original_line))
+        b = doc_of.get(where(pair.copy_file, pair.copy_line))
         assert a and b, pair
         same = cluster[a] == cluster[b]
         if pair.true_jaccard is None or pair.true_jaccard >= 0.85:
@@ -109,8 +114,11 @@ def test_transaction_replays_retries_and_conflicts(run: RunPaths) -> None:
         if pair.kind == "label_conflict":
             assert quarantined.get(copy) == "LABEL_CONFLICT", pair
         elif pair.kind in ("exact", "replay"):
+            # One of the two is dropped (which one is the documented keep rule's choice).
             rules = {k.split("/synth/", 1)[1]: v for k, v in dropped.items()}
-            assert rules.get(copy) in ("txn_exact", "txn_replay"), pair
+            original = source_of(pair.original_file, pair.original_line)
+            expected = "txn_exact" if pair.kind == "exact" else "txn_replay"
+            assert expected in (rules.get(copy), rules.get(original)), pair
         elif pair.kind == "retry":  # default retry_policy: flag
             assert kept[copy]["is_probable_retry"] is True, pair
 
