@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import tempfile
 import time
@@ -36,65 +35,24 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import data
+from pipeline.train.faults import FAULT_ENV, FaultSpec, InjectedFault
+from pipeline.train.optim import WarmupCosine, make_optimizer, make_scheduler
 from pipeline.train.task import Task
+
+# Re-exported: tests and the trainer import these from here.
+__all__ = ["FAULT_ENV", "UNVALIDATED_LOSS", "FaultSpec", "InjectedFault", "LoopSpec",
+           "NonFiniteLossError", "WarmupCosine", "make_optimizer", "make_scheduler",
+           "train_loop_per_worker"]
 
 log = logging.getLogger("pipeline.train")
 
 
-FAULT_ENV = "PIPELINE_TRAIN_FAULT"
 #: `val_loss` reported with checkpoints taken before validation (mid-epoch)
 UNVALIDATED_LOSS = 1e30
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss was NaN or infinite; the optimizer step was not taken."""
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the fault-injection hook (tests of recovery only)."""
-
-
-@dataclass(frozen=True)
-class FaultSpec:
-    """Fault injection for recovery tests: once, when rank `rank` is about to train after
-    `at_step` optimizer steps, create `marker` and then raise (`raise`), kill the worker
-    process (`exit`) or stop making progress (`hang`). The marker makes it fire only once
-    per marker file, across restarts. Set from the driver's environment as
-    `PIPELINE_TRAIN_FAULT=MODE:STEP:RANK:MARKER_PATH`."""
-
-    mode: str
-    at_step: int
-    marker: str
-    rank: int = 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> FaultSpec | None:
-        text = (environ if environ is not None else os.environ).get(FAULT_ENV, "")
-        if not text:
-            return None
-        try:
-            mode, step, rank, marker = text.split(":", 3)
-            spec = cls(mode, int(step), marker, int(rank))
-        except ValueError:
-            raise ValueError(f"{FAULT_ENV}={text!r}: expected MODE:STEP:RANK:MARKER_PATH"
-                             ) from None
-        if mode not in ("raise", "exit", "hang"):
-            raise ValueError(f"{FAULT_ENV}: mode must be raise, exit or hang, got {mode!r}")
-        return spec
-
-    def maybe_fire(self, step: int, rank: int) -> None:
-        if rank != self.rank or step != self.at_step or os.path.exists(self.marker):
-            return
-        with open(self.marker, "w", encoding="utf-8") as fh:
-            fh.write(f"{os.getpid()}\n")
-        log.warning("fault injection: %s at step %d on rank %d", self.mode, step, rank)
-        if self.mode == "exit":
-            logging.shutdown()
-            os._exit(3)
-        if self.mode == "hang":
-            while True:
-                time.sleep(1.0)
-        raise InjectedFault(f"injected failure at step {step} on rank {rank} ({FAULT_ENV})")
 
 
 @dataclass(frozen=True)
@@ -132,37 +90,6 @@ class LoopSpec:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
-
-
-class WarmupCosine:
-    """LR factor: linear warmup to 1 over `warmup` steps, then cosine decay to `floor`.
-
-    A class (not a lambda) so that LambdaLR's state_dict records its settings."""
-
-    def __init__(self, warmup: int, total: int, floor: float = 0.0) -> None:
-        self.warmup = warmup
-        self.total = max(total, 1)
-        self.floor = floor
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases, norms and other 1-d parameters get no weight decay."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, warmup: int, total: int
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
