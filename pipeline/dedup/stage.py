@@ -81,7 +81,8 @@ def dedup_modality(spark: SparkSession, modality: str, curated: DataFrame,
     if modality == "images":
         from pipeline.dedup.images import image_dedup
 
-        result = image_dedup(spark, curated, cfg.dedup)
+        result = image_dedup(spark, curated, cfg.dedup,
+                             dhash_max_hamming=cfg.dedup.dhash_max_hamming)
         return DedupOutput(result.kept, result.duplicates, empty_quarantine, result.release)
     from pipeline.dedup.transactions import transaction_dedup
 
