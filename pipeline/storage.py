@@ -41,8 +41,12 @@ class ManifestMismatchError(ValueError):
 
 
 def to_url(path_or_url: str | Path) -> str:
-    """Turn a local path into a file:// URL; leave URLs alone."""
+    """Turn a local path, or a relative `file://./x` URL, into an absolute file:// URL;
+    leave other URLs alone. (Spark and Ray workers run in other directories, so a
+    relative path must be resolved where the user typed it.)"""
     text = str(path_or_url)
+    if text.startswith("file://") and not text.startswith("file:///"):
+        return "file://" + str(Path(text[len("file://"):]).resolve())
     if "://" in text:
         return text
     return "file://" + str(Path(text).resolve())

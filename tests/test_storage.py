@@ -157,3 +157,15 @@ def test_schema_fingerprint_ignores_metadata() -> None:
     assert schema_fingerprint(s1) == schema_fingerprint(s1.with_metadata({b"x": b"y"}))
     assert schema_fingerprint(s1) != schema_fingerprint(pa.schema([("a", pa.int32()),
                                                                    ("b", pa.string())]))
+
+
+def test_relative_paths_and_file_urls_become_absolute(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.storage import to_url
+
+    monkeypatch.chdir(tmp_path)
+    assert to_url("file://./data") == f"file://{tmp_path}/data"
+    assert to_url("data/x") == f"file://{tmp_path}/data/x"
+    assert to_url("file:///abs/x") == "file:///abs/x"
+    assert to_url("s3://bucket/x") == "s3://bucket/x"
+    assert RunPaths("file://./data", "r").run_url == f"file://{tmp_path}/data/runs/r"
