@@ -81,7 +81,9 @@ def _run_stages(cfg: PipelineConfig, stages: list[Any] | None = None) -> int:
     console.print(table)
     if all(o.state != "ran" for o in outcomes):
         console.print("nothing to do: every stage is up to date")
-    console.print(f"run state: {RunPaths(cfg.storage.root, run_id_of(cfg)).run_json}")
+    paths = RunPaths(cfg.storage.root, run_id_of(cfg))
+    console.print(f"run state: {paths.run_json}")
+    console.print(f"reports:   {paths.reports}/ (dedup/dedup.html, train_<task>.json)")
     return 0
 
 

@@ -150,8 +150,16 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        """Content digest of the output: what downstream cache keys depend on."""
+        """Digest of the whole manifest: what downstream cache keys depend on."""
         return digest_of(asdict(self))
+
+    @property
+    def content_digest(self) -> str:
+        """Digest of the data alone (files, row counts, schemas): unchanged when a code
+        change re-runs a stage that writes the same bytes. Checkpoints are tied to this,
+        so such a re-run does not orphan a trained model."""
+        return digest_of({"files": [asdict(f) for f in self.files],
+                          "row_counts": dict(self.row_counts), "schemas": dict(self.schemas)})
 
     def to_json(self) -> str:
         body = asdict(self)

@@ -169,3 +169,16 @@ def test_relative_paths_and_file_urls_become_absolute(tmp_path: Path,
     assert to_url("file:///abs/x") == "file:///abs/x"
     assert to_url("s3://bucket/x") == "s3://bucket/x"
     assert RunPaths("file://./data", "r").run_url == f"file://{tmp_path}/data/runs/r"
+
+
+def test_content_digest_ignores_code_version_but_not_data(tmp_path: Path) -> None:
+    import dataclasses
+
+    stage = RunPaths(f"file://{tmp_path}", "r").stage("s")
+    _write_stage(stage)
+    manifest = read_manifest(stage)
+    recoded = dataclasses.replace(manifest, code_version="other", cache_key="other")
+    assert recoded.digest != manifest.digest
+    assert recoded.content_digest == manifest.content_digest
+    changed = dataclasses.replace(manifest, row_counts={"curated": 4, "quarantined": 1})
+    assert changed.content_digest != manifest.content_digest

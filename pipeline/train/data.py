@@ -208,7 +208,7 @@ def prepare_inputs(stage_url: str, columns: Sequence[str], world_size: int, seed
                    preprocess: Preprocess | None = None) -> SplitInputs:
     """Read, key, sort and cut the train/val splits of a stage for `world_size` workers
     (`preprocess`: a task's per-row feature computation, done here once, in parallel)."""
-    digest = read_manifest(stage_url, options).digest
+    digest = read_manifest(stage_url, options).content_digest
     with _ordered_data_context():
         train = read_split(stage_url, "train", columns, seed, options, preprocess)
         train = train.sort(_ORDER).drop_columns([_ORDER]).materialize()
@@ -322,4 +322,4 @@ def publish_split_table(stage_url: str, table: pa.Table, n_files: int = 2,
             pq.write_table(part, fh)
     counts = pc.value_counts(table.column("split")).to_pylist()
     manifest = writer.publish(row_counts={d["values"]: d["counts"] for d in counts})
-    return manifest.digest
+    return manifest.content_digest

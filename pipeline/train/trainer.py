@@ -175,7 +175,7 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
     started = time.perf_counter()
     options = dict(cfg.storage.options)
     init_ray(cfg.ray)
-    data_digest = read_manifest(data_stage_url, options).digest
+    data_digest = read_manifest(data_stage_url, options).content_digest
     fs, root = filesystem(checkpoint_root(run, task_name), options)
     found = ckpt.latest_checkpoint(fs, root)
     if found is not None:  # before any data work: other data can never be resumed

@@ -141,7 +141,7 @@ def test_checkpoint_of_other_data_refuses_to_resume(ray_local: Any, tmp_path: Pa
     assert "0" * 64 in message and "refusing to resume" in message
     from pipeline.storage import read_manifest
 
-    assert read_manifest(stage).digest in message
+    assert read_manifest(stage).content_digest in message
 
 
 @pytest.mark.integration
