@@ -36,13 +36,14 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import data
 from pipeline.train.faults import FAULT_ENV, FaultSpec, InjectedFault
+from pipeline.train.metrics import SumAccumulator, distributed, gather_objects
 from pipeline.train.optim import WarmupCosine, make_optimizer, make_scheduler
 from pipeline.train.task import Task
 
 # Re-exported: tests and the trainer import these from here.
 __all__ = ["FAULT_ENV", "UNVALIDATED_LOSS", "FaultSpec", "InjectedFault", "LoopSpec",
-           "NonFiniteLossError", "WarmupCosine", "make_optimizer", "make_scheduler",
-           "train_loop_per_worker"]
+           "NonFiniteLossError", "SumAccumulator", "WarmupCosine", "gather_objects",
+           "make_optimizer", "make_scheduler", "train_loop_per_worker"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -103,65 +104,9 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager[Any]
     return contextlib.nullcontext()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device
               ) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-class SumAccumulator:
-    """Metric sums kept on the device in float64; one stacked add per batch."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.keys: list[str] = []
-        self.values: torch.Tensor | None = None
-
-    def add(self, sums: Mapping[str, torch.Tensor | float]) -> None:
-        if self.values is None:
-            self.keys = sorted(sums)
-            self.values = torch.zeros(len(self.keys), dtype=torch.float64, device=self.device)
-        elif len(sums) != len(self.keys):
-            self.load({**self.local(), **{k: 0.0 for k in sums if k not in self.keys}})
-        # One stack (it promotes dtypes) and one add, however many sums a task returns.
-        parts = [v if isinstance(v := sums.get(k, 0.0), torch.Tensor)
-                 else torch.tensor(float(v), device=self.device) for k in self.keys]
-        self.values += torch.stack(parts).detach().reshape(-1).to(torch.float64)
-
-    def load(self, sums: Mapping[str, float]) -> None:
-        self.keys = sorted(sums)
-        self.values = torch.tensor([float(sums[k]) for k in self.keys], dtype=torch.float64,
-                                   device=self.device)
-
-    def local(self) -> dict[str, float]:
-        if self.values is None:
-            return {}
-        return dict(zip(self.keys, self.values.tolist(), strict=True))
-
-    def reduced(self) -> dict[str, float]:
-        """Sums over all ranks (a collective: every rank must call it)."""
-        if not _distributed():
-            return self.local()
-        key_lists: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(key_lists, self.keys)
-        keys = sorted(set().union(*key_lists))
-        mine = self.local()
-        values = torch.tensor([mine.get(k, 0.0) for k in keys], dtype=torch.float64,
-                              device=self.device)
-        dist.all_reduce(values)
-        return dict(zip(keys, values.tolist(), strict=True))
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """`obj` from every rank, by rank (a collective)."""
-    if not _distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def optimizer_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
@@ -189,11 +134,11 @@ def optimizer_step(model: nn.Module, task: Task, optimizer: torch.optim.Optimize
         all_sums.append(sums)
     bad = (~torch.isfinite(torch.stack(losses))).to(torch.float32)
     flag = bad.sum().reshape(1)
-    if _distributed():
+    if distributed():
         dist.all_reduce(flag)
     if float(flag.item()) > 0:
         local = torch.nonzero(bad).flatten().tolist()
-        rank = dist.get_rank() if _distributed() else 0
+        rank = dist.get_rank() if distributed() else 0
         where = (f"batch {first_batch + local[0]} of epoch {epoch} on rank {rank} "
                  f"(loss {float(losses[local[0]])})" if local else "another rank's batch")
         raise NonFiniteLossError(
@@ -350,7 +295,7 @@ class _Worker:
             yield first, group
 
     def _log_progress(self, window: torch.Tensor, started: float) -> None:
-        if _distributed():
+        if distributed():
             dist.all_reduce(window)
         loss_sum, rows = window.tolist()
         if self.rank == 0 and rows:
