@@ -99,6 +99,13 @@ class SparkConfig:
     driver_memory: str = "2g"
     ui_enabled: bool = False
     conf: Mapping[str, str] = field(default_factory=dict)
+    # Where the Spark stages (ingest, dedup) run: "local" in this process, or
+    # "spark-submit" of jobs/stage.py with the package shipped by --py-files.
+    backend: Literal["local", "spark-submit"] = "local"
+    # spark-submit's --master: spark://host:7077, yarn, k8s://https://..., local[2]
+    submit_master: str = "local[2]"
+    # Extra spark-submit arguments, e.g. ["--deploy-mode", "client", "--executor-memory", "2g"]
+    submit_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,10 @@ class RayConfig:
     num_cpus: int | None = None
     # Environment variable holding the cluster's auth token (Ray token authentication).
     auth_token_env: str = "RAY_AUTH_TOKEN"
+    # Where the Ray stages (train, evaluate) run: "local" in this process, or "job": the
+    # Ray Jobs API at `job_address` (the dashboard, e.g. http://127.0.0.2:8265).
+    backend: Literal["local", "job"] = "local"
+    job_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,18 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class OrchestratorConfig:
+    """How `pipeline run` retries failed stages and guards a run id."""
+
+    # Attempts per stage for errors marked retryable (1 = no retry).
+    max_attempts: int = 3
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 30.0
+    # A lock whose holder has not refreshed it for this long is considered abandoned.
+    lock_stale_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole resolved configuration of one run."""
 
@@ -222,6 +245,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+    orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
 
 
 def _check_values(cfg: PipelineConfig) -> list[str]:
@@ -252,6 +276,17 @@ def _check_values(cfg: PipelineConfig) -> list[str]:
     positive("inputs.images.max_bytes", cfg.inputs.images.max_bytes)
     positive("inputs.transactions.max_amount", cfg.inputs.transactions.max_amount)
     positive("spark.shuffle_partitions", cfg.spark.shuffle_partitions)
+    if cfg.ray.backend == "job" and not cfg.ray.job_address:
+        p.append("ray.job_address: needed when ray.backend is 'job' (e.g. "
+                 "http://127.0.0.2:8265)")
+    o = cfg.orchestrator
+    if o.max_attempts < 1:
+        p.append(f"orchestrator.max_attempts: must be >= 1, got {o.max_attempts}")
+    positive("orchestrator.backoff_initial_s", o.backoff_initial_s)
+    if o.backoff_max_s < o.backoff_initial_s:
+        p.append(f"orchestrator.backoff_max_s: must be >= backoff_initial_s "
+                 f"({o.backoff_initial_s}), got {o.backoff_max_s}")
+    positive("orchestrator.lock_stale_s", o.lock_stale_s)
     if cfg.ray.num_cpus is not None:
         positive("ray.num_cpus", cfg.ray.num_cpus)
     d = cfg.dedup
