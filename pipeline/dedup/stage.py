@@ -160,6 +160,7 @@ def dedup_stage(modality: str) -> Stage:
         inputs=(f"ingest/{modality}",),
         enabled=lambda cfg: modality in cfg.modalities,
         description=f"deduplicate, split and gate the curated {modality}",
+        kind="spark",
     )
 
 
@@ -205,4 +206,5 @@ def dedup_report_stage(modalities: tuple[str, ...]) -> Stage:
         config_of=lambda cfg: {"seed": cfg.dedup.seed, "modalities": list(cfg.modalities)},
         inputs=tuple(f"dedup/{m}" for m in modalities),
         description="render dedup.html and dedup.json",
+        kind="spark",
     )

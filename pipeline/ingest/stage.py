@@ -146,4 +146,5 @@ def ingest_stage(modality: str) -> Stage:
         inputs=("synth",),
         enabled=lambda cfg: modality in cfg.modalities,
         description=f"validate and normalize raw {modality} into curated Parquet + quarantine",
+        kind="spark",
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PipelineConfig, to_dict
+from pipeline.orchestrator.backends import execute
 from pipeline.orchestrator.stages import Stage, StageContext, default_stages
 from pipeline.storage import (
     Manifest,
@@ -122,7 +123,8 @@ def _run_stage(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str,
     writer = StageWriter(r.paths.stage(stage.name), stage.name)
     started = time.perf_counter()
     try:
-        result = stage.run(StageContext(r.cfg, r.paths, writer.staging_url, inputs, r.spark))
+        result = execute(stage, StageContext(r.cfg, r.paths, writer.staging_url, inputs,
+                                             r.spark))
         manifest = writer.publish(row_counts=result.row_counts, schemas=result.schemas,
                                   inputs={n: m.digest for n, m in inputs.items()},
                                   cache_key=key, extra=result.extra)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.storage import Manifest, RunPaths
@@ -56,6 +56,10 @@ class Stage:
     inputs: tuple[str, ...] = ()
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     description: str = ""
+    # Which engine the stage needs, so the orchestrator can pick its backend:
+    # "spark" (ingest, dedup: local or spark-submit), "ray" (train, evaluate: local or a
+    # Ray job) or "local" (plain Python in this process).
+    kind: Literal["local", "spark", "ray"] = "local"
 
 
 def _run_synth(ctx: StageContext) -> StageResult:

@@ -67,4 +67,5 @@ def train_stage(task: str) -> Stage:
         inputs=(f"dedup/{task}",),
         enabled=lambda cfg: task in cfg.modalities and getattr(cfg.train, task).enabled,
         description=f"train the {task} model with Ray Train",
+        kind="ray",
     )
