@@ -208,12 +208,57 @@ class GatesConfig:
     min_image_accuracy: float = 0.0
     min_fraud_pr_auc: float = 0.0
     max_text_bits_per_byte: float = 16.0
+    # Optional evaluation gates (None: not checked).
+    max_text_perplexity: float | None = None
+    min_fraud_roc_auc: float | None = None
+    min_image_macro_f1: float | None = None
+
+    def problems(self) -> list[str]:
+        """Range problems of the optional evaluation gates, each naming its key."""
+        out = []
+        for key in ("min_fraud_roc_auc", "min_image_macro_f1"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                out.append(f"gates.{key}: must be in [0, 1] or null, got {value}")
+        if self.max_text_perplexity is not None and self.max_text_perplexity < 1.0:
+            out.append(f"gates.max_text_perplexity: must be >= 1 or null, got "
+                       f"{self.max_text_perplexity}")
+        return out
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """The evaluate stages and batch inference (pipeline.evaluate)."""
+
+    # Rows per inference batch handed to a model actor.
     batch_size: int = 256
+    # Model actors in the Ray Data pool (each loads the model once).
+    actors: int = 1
+    # CPUs (torch threads) per model actor.
+    cpus_per_actor: int = 1
+    # Generated LM samples in the text report: prompts from the test split.
     num_samples: int = 3
+    prompt_chars: int = 40
+    max_new_tokens: int = 64
+    # 0 = greedy decoding.
+    temperature: float = 0.8
+    # Seed of the sample prompts and of the sampling.
+    seed: int = 0
+    # Most points per ROC / PR curve kept for the report's plots.
+    curve_points: int = 200
+
+    def problems(self) -> list[str]:
+        """Range problems of the section, each naming its key."""
+        out = [f"evaluate.{key}: must be > 0, got {getattr(self, key)}"
+               for key in ("batch_size", "actors", "cpus_per_actor", "prompt_chars",
+                           "max_new_tokens") if getattr(self, key) <= 0]
+        if self.num_samples < 0:
+            out.append(f"evaluate.num_samples: must be >= 0, got {self.num_samples}")
+        if self.temperature < 0:
+            out.append(f"evaluate.temperature: must be >= 0, got {self.temperature}")
+        if self.curve_points < 2:
+            out.append(f"evaluate.curve_points: must be >= 2, got {self.curve_points}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -328,6 +373,8 @@ def _check_values(cfg: PipelineConfig) -> list[str]:
     for key in ("max_quarantine_rate", "max_duplicate_rate", "min_image_accuracy",
                 "min_fraud_pr_auc"):
         fraction(f"gates.{key}", getattr(cfg.gates, key))
+    p.extend(cfg.gates.problems())
+    p.extend(cfg.evaluate.problems())
     return p
 
 

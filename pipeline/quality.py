@@ -244,6 +244,9 @@ _GATES: tuple[tuple[str, str | None, tuple[str, ...], str, str], ...] = (
     ("min_image_accuracy", "images", ("metrics", "accuracy"), "accuracy", ">="),
     ("min_fraud_pr_auc", "transactions", ("metrics", "pr_auc"), "PR-AUC", ">="),
     ("max_text_bits_per_byte", "text", ("metrics", "bits_per_byte"), "bits per byte", "<="),
+    ("max_text_perplexity", "text", ("metrics", "perplexity"), "perplexity", "<="),
+    ("min_fraud_roc_auc", "transactions", ("metrics", "roc_auc"), "ROC-AUC", ">="),
+    ("min_image_macro_f1", "images", ("metrics", "macro_f1"), "macro-F1", ">="),
 )
 
 
@@ -259,9 +262,10 @@ def evaluate_gates(figures: Mapping[str, Any], gates: GatesConfig) -> list[GateR
             value: Any = fig
             for key in path:
                 value = value.get(key) if isinstance(value, Mapping) else None
-            if value is None:
+            configured = getattr(gates, gate)
+            if value is None or configured is None:  # optional gates are None when off
                 continue
-            threshold = float(getattr(gates, gate))
+            threshold = float(configured)
             passed = float(value) <= threshold if op == "<=" else float(value) >= threshold
             results.append(GateResult(gate, modality, name, float(value), threshold, op, passed))
     return results
