@@ -1,0 +1,370 @@
+"""The run summary: `reports/summary` renders `index.html` + `summary.json` over a run.
+
+One page that answers "what did this run do": every stage with its state, time and key
+row counts; per modality the data figures (input = kept + duplicates + quarantined, rules,
+splits, gates) from the dedup manifests; per task the training curves (train and val loss
+per epoch, from `train/<task>/result.json`) and the evaluation headline metrics (from the
+`evaluate/<task>` manifests), with relative links to the detailed reports beside it
+(`../dedup/dedup.html`, `../train_<task>.json`, `../evaluate_<task>.html`).
+
+The work is split so that only the edges do I/O: `collect_summary` reads run.json and the
+result files the manifests list, `summary_figures` turns those into one JSON-ready dict,
+and `render_summary_html` turns that dict into a self-contained page (inline SVG, no
+scripts, no external requests). Any subset of inputs works: a disabled or not yet wired
+stage is simply absent, and its section says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline import html as H
+from pipeline.orchestrator.stages import Stage, StageContext, StageResult
+from pipeline.storage import (
+    Manifest,
+    MissingManifestError,
+    RunPaths,
+    filesystem,
+    join,
+    read_json,
+    read_manifest,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE_NAME = "reports/summary"
+DATA_FIGURES = ("input", "kept", "duplicates", "quarantined")
+#: history values at or above this are placeholders, not losses (pipeline.train.loop's
+#: UNVALIDATED_LOSS marks mid-epoch checkpoints); importing it here would pull in torch.
+_PLACEHOLDER_LOSS = 1e29
+#: row counts shown in the stage table, in this order, when a stage has them
+_KEY_ROWS = ("input", "curated", "kept", "duplicates", "quarantined", "epochs", "rows",
+             "records", "examples")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (NaN, inf, placeholders and non-numbers are not figures)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) and abs(v) < _PLACEHOLDER_LOSS else None
+
+
+def _clean(value: Any) -> Any:
+    """JSON-clean copy: non-finite floats become None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _key_rows(rows: Mapping[str, Any]) -> dict[str, int]:
+    picked = {k: int(rows[k]) for k in _KEY_ROWS if isinstance(rows.get(k), int)}
+    if not picked:  # stages with only dotted counts (synth's "text.records", ...)
+        picked = {k: int(v) for k, v in sorted(rows.items())[:4] if isinstance(v, int)}
+    return picked
+
+
+def stage_rows(run_state: Mapping[str, Any], inputs: Mapping[str, Manifest],
+               exclude: Sequence[str] = (STAGE_NAME,)) -> list[dict[str, Any]]:
+    """One row per stage of run.json (execution order) plus inputs it does not know yet."""
+    recorded: Mapping[str, Any] = run_state.get("stages", {}) or {}
+    names = [n for n in recorded if n not in exclude]
+    names.sort(key=lambda n: (float(recorded[n].get("started") or 0.0), n))
+    names += sorted(n for n in inputs if n not in recorded and n not in exclude)
+    out = []
+    for name in names:
+        state = recorded.get(name, {})
+        manifest = inputs.get(name)
+        rows = dict(manifest.row_counts) if manifest is not None else dict(state.get("rows", {}))
+        digest = manifest.digest if manifest is not None else state.get("manifest_digest")
+        out.append({"stage": name, "state": state.get("state", "published"),
+                    "seconds": _number(state.get("seconds")), "rows": _key_rows(rows),
+                    "manifest": (digest or "")[:12], "error": state.get("error")})
+    return out
+
+
+def data_figures(manifest: Manifest) -> dict[str, Any]:
+    """Input/kept/duplicates/quarantined of one `dedup/<m>` manifest, with rules and splits.
+
+    The quality figures' `rows` count from the raw records (ingest quarantine included),
+    so they reconcile with the raw input; the stage's own row counts start at the curated
+    rows and stand in when a manifest has no quality figures."""
+    quality: Mapping[str, Any] = manifest.extra.get("quality", {}) or {}
+    rows = dict(quality.get("rows", {}) or {})
+    counts = manifest.row_counts
+    figures = {
+        "input": int(rows.get("input", counts.get("input", 0))),
+        "kept": int(rows.get("curated", counts.get("kept", 0))),
+        "duplicates": int(rows.get("duplicates", counts.get("duplicates", 0))),
+        "quarantined": int(rows.get("quarantined", counts.get("quarantined", 0))),
+    }
+
+    def prefix(p: str) -> dict[str, int]:
+        return {k[len(p):]: int(v) for k, v in sorted(counts.items()) if k.startswith(p)}
+
+    gates = list(manifest.extra.get("gates", []) or [])
+    return {
+        **figures,
+        "reconciles": figures["input"] == sum(figures[k] for k in DATA_FIGURES[1:]),
+        "duplicates_by_rule": prefix("duplicates."),
+        "splits": prefix("split."),
+        "quarantine_rate_by_reason": dict(quality.get("quarantine_rate", {})
+                                          .get("by_reason", {}) or {}),
+        "gates": {"passed": sum(bool(g.get("passed")) for g in gates),
+                  "failed": sum(not g.get("passed") for g in gates)},
+    }
+
+
+def training_figures(task: str, manifest: Manifest, result: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-epoch losses and the best checkpoint of one task from its `result.json`."""
+    history = result.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, Mapping) for h in history):
+        raise ValueError(f"train/{task}: result.json 'history' must be a list of per-epoch "
+                         f"objects, got {type(history).__name__}")
+    epochs = [_number(h.get("epoch")) or float(i + 1) for i, h in enumerate(history)]
+    return {
+        "epochs": epochs,
+        "train_loss": [_number(h.get("train_loss")) for h in history],
+        "val_loss": [_number(h.get("val_loss")) for h in history],
+        "best_val_loss": _number(result.get("best_val_loss",
+                                            manifest.extra.get("best_val_loss"))),
+        "best_checkpoint": result.get("best_checkpoint", manifest.extra.get("best_checkpoint")),
+    }
+
+
+def evaluation_figures(manifest: Manifest) -> dict[str, Any]:
+    """The headline metrics and the scored checkpoint of one `evaluate/<task>` manifest."""
+    metrics = manifest.extra.get("metrics", {}) or {}
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"{manifest.stage}: extra['metrics'] must map names to numbers, "
+                         f"got {type(metrics).__name__}")
+    return {"metrics": {str(k): _number(v) for k, v in sorted(metrics.items())},
+            "checkpoint": manifest.extra.get("checkpoint"),
+            "checkpoint_digest": manifest.extra.get("checkpoint_digest")}
+
+
+def summary_figures(run_id: str, run_state: Mapping[str, Any], inputs: Mapping[str, Manifest],
+                    train_results: Mapping[str, Mapping[str, Any]],
+                    has_dedup_report: bool = False) -> dict[str, Any]:
+    """Everything the page shows, as one JSON-ready dict (the content of `summary.json`).
+
+    `inputs` are the published `dedup/*`, `train/*` and `evaluate/*` manifests present;
+    `train_results` the parsed `result.json` of each task in `inputs`' train stages."""
+    by_kind: dict[str, dict[str, Manifest]] = {"dedup": {}, "train": {}, "evaluate": {}}
+    for name, manifest in inputs.items():
+        kind, _, item = name.partition("/")
+        if kind in by_kind and item:
+            by_kind[kind][item] = manifest
+    missing = sorted(set(by_kind["train"]) - set(train_results))
+    if missing:
+        raise ValueError(f"no result.json given for trained task(s) {missing}")
+    tasks = sorted(set(by_kind["train"]) | set(by_kind["evaluate"]))
+    links: dict[str, str] = {}
+    if has_dedup_report:
+        links["dedup report"] = "../dedup/dedup.html"
+    for t in tasks:
+        if t in by_kind["train"]:
+            links[f"training report {t}"] = f"../train_{t}.json"
+        if t in by_kind["evaluate"]:
+            links[f"evaluation report {t}"] = f"../evaluate_{t}.html"
+    return _clean({
+        "run_id": run_id,
+        "stages": stage_rows(run_state, inputs),
+        "data": {m: data_figures(v) for m, v in sorted(by_kind["dedup"].items())},
+        "training": {t: training_figures(t, v, train_results[t])
+                     for t, v in sorted(by_kind["train"].items())},
+        "evaluation": {t: evaluation_figures(v) for t, v in sorted(by_kind["evaluate"].items())},
+        "links": links,
+    })
+
+
+def _link(href: str, text: str) -> H.Html:
+    return H.Html(f'<a href="{H.esc(href)}">{H.esc(text)}</a>')
+
+
+def _stage_table(stages: Sequence[Mapping[str, Any]]) -> H.Html:
+    rows = []
+    for s in stages:
+        state = str(s.get("state"))
+        css = "fail" if state == "failed" else "pass" if state == "done" else ""
+        rows.append({
+            "stage": s.get("stage"),
+            "state": H.Html(f'<span class="{css}">{H.esc(state)}</span>') if css else state,
+            "seconds": s.get("seconds"),
+            "rows": ", ".join(f"{k} {H.fmt(v)}" for k, v in s.get("rows", {}).items()),
+            "manifest": s.get("manifest"), "error": s.get("error") or ""})
+    return H.table(rows) if rows else H.paragraph("no stage recorded yet", "muted")
+
+
+def _data_section(data: Mapping[str, Mapping[str, Any]]) -> H.Html:
+    if not data:
+        return H.section("Data", "no dedup stage in this run")
+    rows = [{"modality": m, **{k: d[k] for k in DATA_FIGURES},
+             "reconciles": "yes" if d["reconciles"] else "NO",
+             "gates passed": d["gates"]["passed"], "gates failed": d["gates"]["failed"]}
+            for m, d in data.items()]
+    parts: list[Any] = [H.table(rows)]
+    for m, d in data.items():
+        parts.append(H.bar_chart(list(DATA_FIGURES), [d[k] for k in DATA_FIGURES],
+                                 title=f"{m}: records", y_label="rows", width=420))
+        detail = {**{f"duplicates {k}": v for k, v in d["duplicates_by_rule"].items()},
+                  **{f"split {k}": v for k, v in d["splits"].items()},
+                  **{f"quarantine rate {k}": v
+                     for k, v in d["quarantine_rate_by_reason"].items()}}
+        if detail:
+            parts.append(H.key_values(detail, f"{m}: rules, splits, quarantine reasons"))
+    return H.section("Data", *parts)
+
+
+def _training_section(training: Mapping[str, Mapping[str, Any]]) -> H.Html:
+    if not training:
+        return H.section("Training", "no training stage in this run")
+    parts: list[Any] = []
+    for t, tr in training.items():
+        series = {}
+        for key in ("train_loss", "val_loss"):
+            pts = [(x, y) for x, y in zip(tr["epochs"], tr[key], strict=True) if y is not None]
+            if pts:
+                series[key.replace("_", " ")] = ([p[0] for p in pts], [p[1] for p in pts])
+        if series:
+            parts.append(H.line_chart(series, title=f"{t}: loss per epoch", x_label="epoch",
+                                      y_label="loss"))
+        else:
+            parts.append(H.paragraph(f"{t}: no finished epoch recorded", "muted"))
+        parts.append(H.key_values({"epochs": len(tr["epochs"]),
+                                   "best val loss": tr["best_val_loss"],
+                                   "best checkpoint": tr["best_checkpoint"]}, t))
+    return H.section("Training", *parts)
+
+
+def _evaluation_section(evaluation: Mapping[str, Mapping[str, Any]]) -> H.Html:
+    if not evaluation:
+        return H.section("Evaluation", "no evaluation stage in this run")
+    parts = [H.key_values({**ev["metrics"], "checkpoint": ev["checkpoint"],
+                           "checkpoint digest": ev["checkpoint_digest"]}, f"{t}: headline")
+             for t, ev in evaluation.items()]
+    return H.section("Evaluation", *parts)
+
+
+def render_summary_html(summary: Mapping[str, Any]) -> str:
+    """The self-contained summary page from `summary_figures(...)`."""
+    links = summary.get("links", {})
+    link_list = H.Html("<ul>" + "".join(f"<li>{_link(href, text)}</li>"
+                                        for text, href in links.items()) + "</ul>")
+    parts = [H.section("Stages", _stage_table(summary.get("stages", []))),
+             _data_section(summary.get("data", {})),
+             _training_section(summary.get("training", {})),
+             _evaluation_section(summary.get("evaluation", {})),
+             H.section("Reports", link_list if links else "no detailed report yet")]
+    return H.page(f"Run summary — {summary.get('run_id')}", *parts,
+                  subtitle="stages, data, training curves, evaluation headline metrics")
+
+
+# ---------------------------------------------------------------------------------------
+# I/O edges
+
+
+def read_train_result(run: RunPaths, task: str, manifest: Manifest,
+                      options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `result.json` a published `train/<task>` manifest lists."""
+    try:
+        manifest.file("result.json")
+    except KeyError:
+        raise ValueError(f"train/{task}: the manifest lists no result.json "
+                         f"(files: {[f.path for f in manifest.files]})") from None
+    body = read_json(join(run.stage(f"train/{task}"), "result.json"), options)
+    if not isinstance(body, dict):
+        raise ValueError(f"train/{task}: result.json holds {type(body).__name__}, not an object")
+    return body
+
+
+def collect_summary(run: RunPaths, inputs: Mapping[str, Manifest],
+                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read run.json, the trained tasks' result.json and whether the dedup report exists,
+    then build `summary_figures`."""
+    try:
+        state = read_json(run.run_json, options)
+    except FileNotFoundError:
+        state = {}
+    results = {name.split("/", 1)[1]: read_train_result(run, name.split("/", 1)[1], m, options)
+               for name, m in inputs.items() if name.startswith("train/")}
+    try:
+        read_manifest(run.stage("reports/dedup"), options)
+        has_dedup_report = True
+    except MissingManifestError:
+        has_dedup_report = False
+    return summary_figures(run.run_id, state if isinstance(state, dict) else {}, inputs,
+                           results, has_dedup_report)
+
+
+def write_summary(summary: Mapping[str, Any], folder_url: str,
+                  options: Mapping[str, Any] | None = None) -> None:
+    """Write `index.html` and `summary.json` into `folder_url` (each via a temporary name)."""
+    # Strict JSON (no NaN, which many readers reject): fail, naming the problem, before
+    # anything is written. summary_figures already turns non-finite floats into null.
+    try:
+        json.dumps(summary, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"summary is not strict JSON: {exc}") from exc
+    fs, path = filesystem(join(folder_url, "index.html"), options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(render_summary_html(summary).encode("utf-8"))
+    fs.mv(tmp, path)
+    write_json_atomic(join(folder_url, "summary.json"), summary, options)
+
+
+def _run_summary(ctx: StageContext) -> StageResult:
+    options = dict(ctx.cfg.storage.options)
+    summary = collect_summary(ctx.run, ctx.inputs, options)
+    write_summary(summary, ctx.staging_url, options)
+    final = join(ctx.run.stage(STAGE_NAME), "index.html")
+    counts = {"stages": len(summary["stages"]), "modalities": len(summary["data"]),
+              "trained": len(summary["training"]), "evaluated": len(summary["evaluation"])}
+    log.info("summary report: %d stages, %d modalities, %d trained, %d evaluated task(s): %s",
+             counts["stages"], counts["modalities"], counts["trained"], counts["evaluated"],
+             final)
+    return StageResult(row_counts=counts, extra={"report": final},
+                       summary=f"report: {final}")
+
+
+def summary_inputs(tasks: Sequence[str], modalities: Sequence[str] | None = None,
+                   include_evaluate: bool = True) -> tuple[str, ...]:
+    """`dedup/<m>` for each modality (default: the tasks), `train/<t>`, `evaluate/<t>`."""
+    mods = tuple(tasks if modalities is None else modalities)
+    names = [*(f"dedup/{m}" for m in mods), *(f"train/{t}" for t in tasks)]
+    if include_evaluate:
+        names += [f"evaluate/{t}" for t in tasks]
+    return tuple(names)
+
+
+def summary_report_stage(tasks: Sequence[str], *, modalities: Sequence[str] | None = None,
+                         include_evaluate: bool = True) -> Stage:
+    """`reports/summary`: `index.html` + `summary.json` over the run's stages.
+
+    Inputs are the dedup, train and (with `include_evaluate`) evaluate stages of `tasks`;
+    disabled ones are absent from `ctx.inputs` and left out of the page. Pass
+    `include_evaluate=False` while the graph has no evaluate stages, since the runner fails
+    a stage whose inputs neither ran nor were disabled."""
+    if not tasks and not modalities:
+        raise ValueError("summary_report_stage needs at least one task or modality")
+    return Stage(
+        name=STAGE_NAME,
+        run=_run_summary,
+        config_of=lambda cfg: {"tasks": list(tasks), "modalities": list(modalities or tasks),
+                               "evaluate": include_evaluate},
+        inputs=summary_inputs(tasks, modalities, include_evaluate),
+        description="render the run summary (index.html, summary.json)",
+        kind="local",
+    )
