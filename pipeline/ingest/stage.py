@@ -56,6 +56,29 @@ def raw_listing_digest(urls: Sequence[str]) -> str:
     return digest_of(entries)
 
 
+RAW_FILES_MAX = 1000  # raw files listed one by one (with sha256) in the ingest manifest
+RAW_BYTES_MAX = 256 * 1024 * 1024  # ... and only when re-reading them for sha256 is cheap
+
+
+def raw_file_records(urls: Sequence[str]) -> dict[str, Any]:
+    """Lineage of configured raw inputs for the ingest manifest's `extra`: the listing
+    digest and file count always; each file's URL, size and sha256 when there are at most
+    RAW_FILES_MAX files of RAW_BYTES_MAX bytes in total (else the digest stands for them)."""
+    from pipeline.storage import file_digest
+
+    files: list[tuple[Any, str, int]] = []
+    for url in urls:
+        fs, root = filesystem(url)
+        paths = [root] if fs.isfile(root) else sorted(p for p in fs.find(root)
+                                                      if not fs.isdir(p))
+        files += [(fs, p, int(fs.size(p))) for p in paths]
+    out: dict[str, Any] = {"raw_digest": raw_listing_digest(urls), "raw_file_count": len(files)}
+    if len(files) <= RAW_FILES_MAX and sum(size for _, _, size in files) <= RAW_BYTES_MAX:
+        out["raw_files"] = [{"url": fs.unstrip_protocol(p), "size": size,
+                             "sha256": file_digest(fs, p)} for fs, p, size in files]
+    return out
+
+
 def hmac_key_id(key: bytes) -> str:
     """A non-secret fingerprint of the HMAC key: tokens change when the key does, so the key
     must be part of the cache key; this id is safe to store, the key is not."""
@@ -116,7 +139,11 @@ def run_ingest(ctx: StageContext, modality: str) -> StageResult:
     summary = (f"{result.n_input:,} records -> {n_curated:,} curated + {n_quarantined:,} "
                f"quarantined ({rate:.1%}: {reasons})")
     log.info("ingest %s: %s", modality, summary)
-    return StageResult(row_counts=counts, schemas=schemas, summary=summary)
+    # Sample data is listed file by file in the synth manifest already; configured raw
+    # inputs have no manifest, so record them here for `pipeline lineage`.
+    paths = getattr(ctx.cfg.inputs, modality).paths
+    extra = raw_file_records([to_url(p) for p in paths]) if paths else {}
+    return StageResult(row_counts=counts, schemas=schemas, extra=extra, summary=summary)
 
 
 def _config_of(modality: str) -> Callable[[PipelineConfig], Any]:

@@ -1,7 +1,17 @@
-"""Chains the stages of a run with caching by manifest digests (see runner.py)."""
+"""Chains the stages of a run: plan, cache by manifest digests, lock, retries (runner.py)."""
 
-from pipeline.orchestrator.runner import StageFailed, StageOutcome, run_pipeline
+from pipeline.orchestrator.lock import RunLockedError
+from pipeline.orchestrator.plan import PlanEntry, plan
+from pipeline.orchestrator.retry import RetryableError, RetryPolicy
+from pipeline.orchestrator.runner import (
+    RunInterrupted,
+    StageFailed,
+    StageOutcome,
+    run_pipeline,
+)
+from pipeline.orchestrator.selection import SelectionError, select
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult, default_stages
 
-__all__ = ["Stage", "StageContext", "StageFailed", "StageOutcome", "StageResult",
-           "default_stages", "run_pipeline"]
+__all__ = ["PlanEntry", "RetryPolicy", "RetryableError", "RunInterrupted", "RunLockedError",
+           "SelectionError", "Stage", "StageContext", "StageFailed", "StageOutcome",
+           "StageResult", "default_stages", "plan", "run_pipeline", "select"]

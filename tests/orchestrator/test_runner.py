@@ -68,7 +68,7 @@ def test_failed_stage_publishes_nothing_and_resumes(tmp_path: Path) -> None:
 
     broken = [good[0], Stage(name="b", run=boom, config_of=good[1].config_of, inputs=("a",)),
               good[2]]
-    with pytest.raises(StageFailed, match="stage b of run t failed: disk on fire"):
+    with pytest.raises(StageFailed, match="stage b of run t failed: OSError: disk on fire"):
         run_pipeline(_cfg(tmp_path), broken)
     run = RunPaths(f"file://{tmp_path}", "t")
     assert is_published(run.stage("a")) and not is_published(run.stage("b"))
