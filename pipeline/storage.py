@@ -201,6 +201,23 @@ def _list_files(fs: AbstractFileSystem, root: str) -> list[str]:
     return sorted(p for p in fs.find(root) if not fs.isdir(p))
 
 
+def _move_tree(fs: AbstractFileSystem, src: str, dst: str) -> None:
+    """Move the folder `src` to `dst` (which must not exist).
+
+    A local disk renames the folder. An object store has no folders: a recursive `mv`
+    there also tries to copy the folder pseudo-keys (e.g. `data/`) and fails with "key does
+    not exist", so each file is copied by name (lists, so nothing is expanded), then the
+    staging keys are deleted."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols:
+        fs.mv(src, dst, recursive=True)
+        return
+    files = _list_files(fs, src)
+    if files:
+        fs.copy(files, [posixpath.join(dst, posixpath.relpath(f, src)) for f in files])
+    fs.rm(src, recursive=True)
+
+
 class StageWriter:
     """Write a stage's files into staging, then publish them atomically with a manifest.
 
@@ -255,7 +272,7 @@ class StageWriter:
                 self.fs.rm(manifest_path)
             self.fs.rm(self.final_path, recursive=True)
         self.fs.makedirs(posixpath.dirname(self.final_path), exist_ok=True)
-        self.fs.mv(self.staging_path, self.final_path, recursive=True)
+        _move_tree(self.fs, self.staging_path, self.final_path)
         tmp = posixpath.join(self.final_path, f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}")
         with self.fs.open(tmp, "wb") as fh:
             fh.write(manifest.to_json().encode())

@@ -306,15 +306,17 @@ def eval_batches(iterator: Any, batch_size: int) -> Iterator[dict[str, np.ndarra
 
 
 def publish_split_table(stage_url: str, table: pa.Table, n_files: int = 2,
-                        stage: str = "dedup") -> str:
+                        stage: str = "dedup",
+                        options: Mapping[str, Any] | None = None) -> str:
     """Publish `table` as a split stage (data/part-*.parquet + manifest); returns its
-    digest. For tests, benchmarks and smoke runs that need a stage without Spark."""
+    digest. For tests, benchmarks and smoke runs that need a stage without Spark
+    (`options`: fsspec options of the store, e.g. an S3 endpoint_url)."""
     import pyarrow.parquet as pq
 
     from pipeline.storage import StageWriter
 
-    writer = StageWriter(stage_url, stage=stage)
-    fs, staging = filesystem(writer.staging_url)
+    writer = StageWriter(stage_url, stage=stage, options=options)
+    fs, staging = filesystem(writer.staging_url, options)
     bounds = np.linspace(0, table.num_rows, n_files + 1).astype(int)
     for i in range(n_files):
         part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
