@@ -11,7 +11,8 @@ from pipeline.cli import build_parser, main
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["synth"], ["ingest"], ["config"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["status"], ["lineage"], ["synth"],
+                                     ["ingest"], ["config"]])
 def test_help_explains(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*command, "--help"])
@@ -43,3 +44,19 @@ def test_config_prints_resolved_redacted(capsys: pytest.CaptureFixture[str]) -> 
                  "--set", "train.epochs=4"]) == 0
     out = capsys.readouterr().out
     assert '"epochs": 4' in out and "s3cr3t" not in out
+
+
+def test_run_help_documents_selection_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--from S", "--until S", "--only S", "--dry-run"):
+        assert flag in out
+    assert "130 interrupted" in out and "_LOCK" in out
+
+
+def test_unknown_stage_exits_2_listing_valid_ones(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--set", f"storage.root=file://{tmp_path}", "--only", "trains"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown stage 'trains'" in err and "train/text" in err and "dedup/images" in err

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.orchestrator import run_pipeline
+from pipeline.orchestrator.lineage import CHECKPOINT_META, CHECKPOINT_MODEL, lineage
+from pipeline.orchestrator.plan import run_paths
+from pipeline.orchestrator.status import RunNotFoundError, run_status
+from pipeline.storage import read_json, read_manifest, write_json_atomic
+
+pytestmark = pytest.mark.unit
+
+
+def test_status_reads_states_figures_reports(tmp_path: Path, graph: Any,
+                                             make_cfg: Callable[..., Any]) -> None:
+    cfg = make_cfg()
+    run_pipeline(cfg, graph.stages())
+    st = run_status(cfg.storage.root, "t")
+    names = [s.name for s in st.stages]
+    assert names == [s.name for s in graph.stages()]  # graph order, from run.json
+    by_name = {s.name: s for s in st.stages}
+    assert {s.state for s in st.stages} == {"done"} and all(s.published for s in st.stages)
+    assert by_name["evaluate/text"].metrics == {"accuracy": 0.75}
+    assert by_name["train/images"].metrics == {"val_loss": 0.5, "best_val_loss": 0.5}
+    assert by_name["dedup/text"].rows == {"kept": 8, "duplicates": 2}
+    assert by_name["dedup/text"].seconds is not None and by_name["dedup/text"].attempts == 1
+    report_dir = f"file://{tmp_path}/runs/t/reports/summary"
+    assert st.reports == (f"{report_dir}/summary.html", f"{report_dir}/summary.json")
+    assert st.lock is None
+    body = st.to_dict()
+    assert json.loads(json.dumps(body))["stages"][0]["name"] == "synth"
+
+
+def test_status_of_a_crashed_run_says_interrupted(graph: Any,
+                                                  make_cfg: Callable[..., Any]) -> None:
+    cfg = make_cfg()
+    run_pipeline(cfg, graph.stages())
+    run = run_paths(cfg)
+    state = read_json(run.run_json)
+    state["stages"]["train/text"]["state"] = "running"  # as a kill -9 mid-stage leaves it
+    write_json_atomic(run.run_json, state)
+    st = run_status(cfg.storage.root, "t")
+    assert {s.name: s.state for s in st.stages}["train/text"] == "interrupted"
+    with pytest.raises(RunNotFoundError, match="no run 'nope' under"):
+        run_status(cfg.storage.root, "nope")
+
+
+def test_lineage_chains_every_digest(tmp_path: Path, graph: Any,
+                                     make_cfg: Callable[..., Any]) -> None:
+    cfg = make_cfg()
+    run_pipeline(cfg, graph.stages())
+    run = run_paths(cfg)
+    chains = {c.task: c for c in lineage(cfg.storage.root, "t")}
+    assert set(chains) == {"text", "images"}
+    text = chains["text"]
+    assert text.source == "evaluate/text" and text.metrics == {"accuracy": 0.75}
+    assert text.problems == ()
+    kinds = {link.kind: link for link in text.links}
+    assert kinds["checkpoint"].digest == hashlib.sha256(b"weights of text").hexdigest()
+    dedup = read_manifest(run.stage("dedup/text"))
+    assert kinds["data"].digest == dedup.content_digest
+    assert kinds["dedup"].digest == dedup.digest
+    assert kinds["ingest"].digest == read_manifest(run.stage("ingest/text")).digest
+    raw = tmp_path / "runs/t/synth/text/raw-0.txt"
+    assert [dict(f) for f in text.raw_files] == [
+        {"url": f"file://{raw}", "size": raw.stat().st_size,
+         "sha256": hashlib.sha256(raw.read_bytes()).hexdigest()}]
+
+
+def test_lineage_flags_a_model_trained_on_other_data(graph: Any,
+                                                     make_cfg: Callable[..., Any]) -> None:
+    run_pipeline(make_cfg(), graph.stages())
+    # dedup/text re-published with other content; train/evaluate not re-run.
+    run_pipeline(make_cfg("dedup.seed=9"), graph.stages(), selected=["dedup/text"])
+    chains = {c.task: c for c in lineage(make_cfg().storage.root, "t")}
+    assert chains["images"].problems == ()
+    problems = chains["text"].problems
+    assert len(problems) == 1
+    assert problems[0].startswith("MISMATCH: the checkpoint was trained on data ")
+    assert "but the published dedup/text holds" in problems[0]
+    assert chains["text"].to_dict()["ok"] is False
+
+
+def test_lineage_falls_back_to_training(graph: Any, make_cfg: Callable[..., Any]) -> None:
+    stages = [s for s in graph.stages() if not s.name.startswith(("evaluate/", "reports/"))]
+    run_pipeline(make_cfg(), stages)
+    chains = lineage(make_cfg().storage.root, "t")
+    assert [(c.task, c.source, dict(c.metrics)) for c in chains] == [
+        ("text", "train/text", {"val_loss": 0.5}), ("images", "train/images", {"val_loss": 0.5})]
+    assert all(not c.problems for c in chains)
+
+
+def test_checkpoint_file_names_match_the_trainer() -> None:
+    from pipeline.train import checkpoint
+
+    assert (CHECKPOINT_META, CHECKPOINT_MODEL) == (checkpoint.META_FILE, checkpoint.MODEL_FILE)
