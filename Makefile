@@ -10,7 +10,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup run test test-fast lint bench dist clean help
+.PHONY: setup run test test-fast lint bench dist clean help cluster-up cluster-down cluster-status
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,3 +46,12 @@ dist: setup  ## wheel + zip of the package for spark-submit --py-files
 
 clean:  ## remove build outputs and local data (keeps .venv)
 	rm -rf build dist data .pytest_cache .mypy_cache .ruff_cache
+
+cluster-up: setup  ## local Spark standalone + 2-node Ray cluster on loopback (.cluster/)
+	PYTHON=$(BIN)/python infra/local/cluster-up.sh $(CLUSTER_ARGS)
+
+cluster-down:  ## stop the local clusters started by cluster-up (idempotent)
+	PYTHON=$(BIN)/python infra/local/cluster-down.sh $(CLUSTER_ARGS)
+
+cluster-status:  ## addresses and processes of the local clusters
+	$(BIN)/python infra/local/cluster.py status $(CLUSTER_ARGS)
