@@ -18,7 +18,8 @@ import pytest
 
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.orchestrator import Stage, StageContext, StageResult
-from pipeline.storage import filesystem, join, read_manifest
+from pipeline.ingest.stage import raw_file_records
+from pipeline.storage import filesystem, join, read_manifest, to_url
 from pipeline.train.stage import train_config_slice
 
 TASKS = ("text", "images")
@@ -58,7 +59,10 @@ class FakeGraph:
                 table = pa.table({"id": list(range(10)), "task": [task] * 10})
                 with fs.open(f"{path}/curated/part-00000.parquet", "wb") as fh:
                     pq.write_table(table, fh)
-                return StageResult(row_counts={"curated": 10}, summary="10 curated")
+                paths = getattr(ctx.cfg.inputs, task).paths  # as the real ingest records them
+                extra = raw_file_records([to_url(p) for p in paths]) if paths else {}
+                return StageResult(row_counts={"curated": 10}, extra=extra,
+                                   summary="10 curated")
             return body
 
         def dedup(task: str) -> Callable[[StageContext, str, Any], StageResult]:

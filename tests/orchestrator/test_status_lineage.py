@@ -100,3 +100,26 @@ def test_checkpoint_file_names_match_the_trainer() -> None:
     from pipeline.train import checkpoint
 
     assert (CHECKPOINT_META, CHECKPOINT_MODEL) == (checkpoint.META_FILE, checkpoint.MODEL_FILE)
+
+
+def test_lineage_lists_configured_raw_files(tmp_path: Path, graph: Any,
+                                            make_cfg: Callable[..., Any],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_bytes(b'{"text": "a"}\n')
+    (raw / "b.jsonl").write_bytes(b'{"text": "b"}\n')
+    cfg = make_cfg(f"inputs.text.paths=[{raw}]")
+    run_pipeline(cfg, graph.stages())
+    text = {c.task: c for c in lineage(cfg.storage.root, "t")}["text"]
+    assert text.raw_note == "recorded by ingest" and text.problems == ()
+    assert [(f["url"], f["sha256"]) for f in text.raw_files] == [
+        (f"file://{raw}/{n}", hashlib.sha256((raw / n).read_bytes()).hexdigest())
+        for n in ("a.jsonl", "b.jsonl")]
+    # Past the file limit only the listing digest stands for the files.
+    import pipeline.ingest.stage as ingest_stage
+
+    monkeypatch.setattr(ingest_stage, "RAW_FILES_MAX", 1)
+    records = ingest_stage.raw_file_records([f"file://{raw}"])
+    assert records["raw_file_count"] == 2 and "raw_files" not in records
+    assert records["raw_digest"] == ingest_stage.raw_listing_digest([f"file://{raw}"])
