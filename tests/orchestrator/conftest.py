@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import PipelineConfig, config_from_dict
-from pipeline.orchestrator import Stage, StageContext, StageResult
 from pipeline.ingest.stage import raw_file_records
+from pipeline.orchestrator import Stage, StageContext, StageResult
 from pipeline.storage import filesystem, join, read_manifest, to_url
 from pipeline.train.stage import train_config_slice
 
