@@ -213,8 +213,12 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
             elif upstream_runs:
                 why += f"; its published output predates upstream {upstream_runs[0]}, which re-runs"
             elif not problems:
-                decision, reason, _, _ = decide(stage, cfg, version, manifests_of(stage, manifests),
-                                                existing, missing_why, recorded)
+                try:
+                    decision, reason, _, _ = decide(stage, cfg, version,
+                                                    manifests_of(stage, manifests), existing,
+                                                    missing_why, recorded)
+                except Exception as exc:  # e.g. a secret only the unselected stage needs
+                    decision, reason = "run", f"its cache key cannot be computed here: {exc}"
                 why += ("; published output is up to date" if decision == "cached" else
                         f"; published output is out of date ({reason}) but is used as is")
             entries.append(PlanEntry(name, "unselected", why, tuple(sizes)))
