@@ -280,3 +280,43 @@ def thumbnail(data: bytes, alt: str = "", max_side: int = 128) -> Html:
     if not uri:
         return Html(f'<span class="muted">[undecodable image {esc(alt)}]</span>')
     return Html(f'<img class="thumb" src="{uri}" alt="{esc(alt)}" title="{esc(alt)}">')
+
+
+def heatmap(matrix: Sequence[Sequence[float]], row_labels: Sequence[Any],
+            col_labels: Sequence[Any], *, title: str, x_label: str = "", y_label: str = "",
+            cell: int = 36) -> Html:
+    """A matrix as coloured cells with their values (e.g. a confusion matrix: rows = true
+    class, columns = predicted). Shade is linear in the value, white at 0."""
+    rows = [[float(v) for v in r] for r in matrix]
+    n_rows, n_cols = len(rows), max((len(r) for r in rows), default=0)
+    top = max((v for r in rows for v in r if math.isfinite(v)), default=0.0) or 1.0
+    left, head = 110, 48
+    w, h = left + cell * n_cols + 14, head + cell * n_rows + 40
+    body = [f'<text x="{w / 2:.1f}" y="18" text-anchor="middle" font-size="14" '
+            f'font-weight="600">{esc(title)}</text>']
+    for j, lab in enumerate(col_labels):
+        text = str(lab) if len(str(lab)) <= 6 else str(lab)[:5] + "…"
+        body.append(f'<text x="{left + cell * (j + 0.5):.1f}" y="{head - 6}" font-size="11" '
+                    f'text-anchor="middle">{esc(text)}<title>{esc(lab)}</title></text>')
+    for i, (lab, r) in enumerate(zip(row_labels, rows, strict=True)):
+        y = head + cell * i
+        text = str(lab) if len(str(lab)) <= 14 else str(lab)[:13] + "…"
+        body.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" font-size="11" '
+                    f'text-anchor="end">{esc(text)}<title>{esc(lab)}</title></text>')
+        for j, v in enumerate(r):
+            share = v / top if math.isfinite(v) else 0.0
+            shade = round(255 - 200 * max(0.0, min(1.0, share)))
+            ink = "#fff" if share > 0.6 else "#222"
+            body.append(f'<rect x="{left + cell * j}" y="{y}" width="{cell}" height="{cell}" '
+                        f'fill="rgb({shade},{shade},255)" stroke="#ccc"><title>'
+                        f'{esc(lab)} → {esc(col_labels[j])}: {esc(fmt(v))}</title></rect>'
+                        f'<text x="{left + cell * (j + 0.5):.1f}" y="{y + cell / 2 + 4:.1f}" '
+                        f'font-size="11" text-anchor="middle" fill="{ink}">{esc(fmt(v, 3))}'
+                        f'</text>')
+    body.append(f'<text x="{left + cell * n_cols / 2:.1f}" y="{h - 10}" font-size="12" '
+                f'text-anchor="middle">{esc(x_label)}</text>')
+    body.append(f'<text transform="translate(14,{head + cell * n_rows / 2:.1f}) rotate(-90)" '
+                f'font-size="12" text-anchor="middle">{esc(y_label)}</text>')
+    return Html(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+                f'viewBox="0 0 {w} {h}" role="img" aria-label="{esc(title)}">'
+                f"<title>{esc(title)}</title>{''.join(body)}</svg>")

@@ -1,0 +1,125 @@
+"""From prediction tables to evaluation figures, per task.
+
+`task_figures(task, predictions, labels, curve_points)` takes the sorted prediction tables
+of the scored splits (`{"test": table}`, plus `"val"` for the fraud threshold) and returns
+`(metrics, details)`:
+
+- `metrics`: flat {name: float}, what the gates (pipeline.quality) and the manifest read.
+  text: loss, perplexity, bits_per_byte, documents, bytes. images: loss, accuracy,
+  macro_f1, `precision.<class>`, `recall.<class>`, `f1.<class>`, rows, unknown_label_rows.
+  transactions: roc_auc, pr_auc, threshold, precision, recall, f1 (at the threshold on
+  test), val_f1, rows, positives, fraud_rate.
+- `details`: JSON-ready structures for the report: the per-class table and confusion
+  matrix, ROC/PR curve points (at most `curve_points` each), the threshold's origin.
+
+The fraud decision threshold maximizes F1 on `val` and is then applied to `test`, so the
+test figures at the threshold are not tuned on test. Without validation positives it falls
+back to 0.5 and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.evaluate import metrics as M
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def _col(table: pa.Table, name: str, dtype: Any = np.float64) -> np.ndarray:
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def text_figures(test: pa.Table) -> tuple[dict[str, float], dict[str, Any]]:
+    """LM figures of the test split from per-document sums."""
+    figures = M.lm_metrics(_col(test, "n_bytes"), _col(test, "nll_bits"),
+                           _col(test, "eos_nll_bits"))
+    return figures, {}
+
+
+def image_figures(test: pa.Table, labels: Sequence[str]
+                  ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix of the test split.
+
+    Rows whose label is not in the trained vocabulary (a class absent from the train
+    split) cannot enter the confusion matrix; they are counted as `unknown_label_rows`."""
+    vocab = {lab: i for i, lab in enumerate(labels)}
+    true = test.column("label").to_pylist()
+    pred = test.column("pred_label").to_pylist()
+    known = np.array([t in vocab for t in true], dtype=bool)
+    if (~known).any():
+        log.warning("images: %d test rows have labels outside the trained vocabulary %s",
+                    int((~known).sum()), list(labels))
+    y_true = np.array([vocab[t] for t, k in zip(true, known, strict=True) if k], np.int64)
+    y_pred = np.array([vocab[p] for p, k in zip(pred, known, strict=True) if k], np.int64)
+    report = M.classification_metrics(y_true, y_pred, labels)
+    nll = _col(test, "nll")[known]
+    figures: dict[str, float] = {
+        "loss": float(nll.mean()) if len(nll) else math.nan,
+        "accuracy": report.accuracy, "macro_f1": report.macro_f1,
+        "rows": float(len(y_true)), "unknown_label_rows": float((~known).sum())}
+    for row in report.per_class():
+        for key in ("precision", "recall", "f1"):
+            figures[f"{key}.{row['label']}"] = row[key]
+    details = {"labels": list(labels), "per_class": report.per_class(),
+               "confusion": report.confusion.tolist()}
+    return figures, details
+
+
+def _curves(scores: np.ndarray, truth: np.ndarray, points: int) -> dict[str, Any]:
+    fpr, tpr, _ = M.roc_curve(scores, truth)
+    precision, recall, _ = M.pr_curve(scores, truth)
+    roc_x, roc_y = M.downsample(fpr, tpr, points)
+    pr_x, pr_y = M.downsample(recall, precision, points)
+    return {"roc": {"fpr": roc_x, "tpr": roc_y}, "pr": {"recall": pr_x, "precision": pr_y}}
+
+
+def fraud_figures(test: pa.Table, val: pa.Table | None, curve_points: int = 200
+                  ) -> tuple[dict[str, float], dict[str, Any]]:
+    """ROC-AUC, PR-AUC and precision/recall/F1 at the val-chosen threshold on test."""
+    scores, truth = _col(test, "fraud_score"), _col(test, "is_fraud", bool)
+    threshold, val_f1, source = math.nan, math.nan, "val max F1"
+    if val is not None and val.num_rows:
+        threshold, val_f1 = M.best_f1_threshold(_col(val, "fraud_score"),
+                                                _col(val, "is_fraud", bool))
+    if not math.isfinite(threshold):
+        threshold, source = DEFAULT_THRESHOLD, "default (no positives in val)"
+        log.warning("transactions: no fraud in the val split; decision threshold %.2f",
+                    threshold)
+    at = M.threshold_metrics(scores, truth, threshold)
+    positives = float(truth.sum())
+    figures = {"roc_auc": M.roc_auc(scores, truth), "pr_auc": M.average_precision(scores, truth),
+               "threshold": threshold, "precision": at["precision"], "recall": at["recall"],
+               "f1": at["f1"], "val_f1": val_f1, "rows": float(len(truth)),
+               "positives": positives,
+               "fraud_rate": positives / len(truth) if len(truth) else math.nan}
+    details = {"threshold_source": source,
+               "at_threshold": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
+               **_curves(scores, truth, curve_points)}
+    return figures, details
+
+
+def task_figures(task: str, predictions: Mapping[str, pa.Table], labels: Sequence[str] = (),
+                 curve_points: int = 200) -> tuple[dict[str, float], dict[str, Any]]:
+    """(flat metrics, report details) of one task's sorted prediction tables."""
+    test = predictions["test"]
+    if task == "text":
+        return text_figures(test)
+    if task == "images":
+        return image_figures(test, labels)
+    if task == "transactions":
+        return fraud_figures(test, predictions.get("val"), curve_points)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def finite_or_none(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """Metrics for JSON and gates: NaN/inf (undefined, e.g. no positives) become None."""
+    return {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}

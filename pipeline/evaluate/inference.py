@@ -1,0 +1,291 @@
+"""Distributed inference: Ray Data `map_batches` through a pool of model actors.
+
+`score(ds, spec)` maps a Dataset of input rows through `Predictor`, a callable class: Ray
+starts `evaluate.actors` actors, each loads and verifies the model once (`load_trained`),
+then turns every Arrow batch into per-row prediction columns with `predict_batch`. The
+conversion of rows into tensors is the task's own (`task.to_tensors(train=False)`), so rows
+are scored exactly as validation scored them during training.
+
+Prediction schema (one row per input row; `PREDICTION_SCHEMA_DOC` spells it out):
+
+- text: `doc_id`, `n_bytes` (UTF-8 bytes scored), `nll_bits` (summed NLL of those bytes in
+  bits), `eos_nll_bits` (NLL of the end-of-document token). The whole document is scored in
+  consecutive, non-overlapping windows of `train.text.seq_len` tokens (each window's
+  context starts fresh), so sums over documents give corpus bits per byte exactly.
+- images: `image_id`, `label` (true label, null when the input has none), `pred_label`,
+  `confidence` (max probability), `nll` (cross-entropy of the true label in nats, null
+  when unknown), and `prob_<class>` for each class of the trained vocabulary.
+- transactions: `txn_id`, `is_fraud` (null when the input has none), `fraud_score`
+  (predicted fraud probability).
+
+Every row also carries `model_checkpoint` (URL) and `model_digest` (SHA-256 of model.pt)
+for lineage. Output order is made deterministic by the caller (`collect_sorted`,
+`stream_sorted`: by id, then by a row key derived from file and position).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import PipelineConfig
+from pipeline.evaluate.model import TrainedModel, load_trained
+from pipeline.train.data import numpy_friendly
+from pipeline.train.tasks.images import ImageClassifierTask
+from pipeline.train.tasks.text import BOS_ID, EOS_ID, N_BYTES, PAD_ID, TextLMTask
+
+if TYPE_CHECKING:
+    import ray.data
+
+ID_COLUMN: Mapping[str, str] = {"text": "doc_id", "images": "image_id",
+                                "transactions": "txn_id"}
+#: input columns a table must have (besides the id) for each task
+FEATURE_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "images": ("bytes",),
+    "transactions": ("amount", "ts", "mcc", "country", "currency", "velocity_1h",
+                     "velocity_24h"),
+}
+#: ground-truth columns, used when present (evaluation needs them, batch inference not)
+LABEL_COLUMN: Mapping[str, str] = {"images": "label", "transactions": "is_fraud"}
+#: a pass-through row key (unique per input row) that makes the sort order total
+ORDER_COLUMN = "_order"
+LINEAGE_COLUMNS = ("model_checkpoint", "model_digest")
+PROB_PREFIX = "prob_"
+PREDICTION_SCHEMA_DOC: Mapping[str, str] = {
+    "text": "doc_id: string, n_bytes: int64, nll_bits: float64, eos_nll_bits: float64",
+    "images": "image_id: string, label: string (nullable), pred_label: string, "
+              "confidence: float64, nll: float64 (nullable), prob_<class>: float64 per class",
+    "transactions": "txn_id: string, is_fraud: bool (nullable), fraud_score: float64",
+}
+
+
+def required_columns(task_name: str) -> tuple[str, ...]:
+    """Columns an input table must have to be scored by `task_name`'s model."""
+    return (ID_COLUMN[task_name], *FEATURE_COLUMNS[task_name])
+
+
+def input_columns(task_name: str, available: Any = None) -> list[str]:
+    """Columns to read: the required ones, plus the label when `available` has it (or
+    always, when `available` is None)."""
+    cols = list(required_columns(task_name))
+    label = LABEL_COLUMN.get(task_name)
+    if label and (available is None or label in available):
+        cols.append(label)
+    return cols
+
+
+# --- per-batch scoring (pure functions of a model and an Arrow batch) -------------------
+
+def document_windows(texts: pa.Array | pa.ChunkedArray, seq_len: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(windows [W, seq_len + 1] int64, document index [W], bytes per document [B]).
+
+    Document i is the stream BOS + utf8 + EOS; window k of it starts at stream position
+    k * seq_len, so its seq_len targets are exactly the positions no earlier window
+    scored. Vectorized over the batch's concatenated UTF-8 buffer."""
+    arr = pc.fill_null(texts, "")
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string())
+    _, off_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = (np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None
+            else np.zeros(0, dtype=np.uint8))
+    n = np.diff(offsets)
+    n_win = -(-(n + 1) // seq_len)  # targets per document: its bytes and EOS
+    doc = np.repeat(np.arange(len(n)), n_win)
+    first = np.repeat(np.cumsum(n_win) - n_win, n_win)
+    shift = (np.arange(len(doc)) - first) * seq_len
+    pos = shift[:, None] + np.arange(seq_len + 1, dtype=np.int64)[None, :]
+    nd = n[doc][:, None]
+    out = np.full(pos.shape, PAD_ID, dtype=np.int64)
+    out[pos == 0] = BOS_ID
+    out[pos == nd + 1] = EOS_ID
+    is_byte = (pos >= 1) & (pos <= nd)
+    out[is_byte] = data[(offsets[:-1][doc][:, None] + pos - 1)[is_byte]]
+    return out, doc, n
+
+
+def _text(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+    task = trained.task
+    assert isinstance(task, TextLMTask)
+    seq_len = task.seq_len
+    windows, doc, n = document_windows(table.column("text"), seq_len)
+    byte_bits = np.zeros(len(windows))
+    eos_bits = np.zeros(len(windows))
+    with torch.no_grad():
+        for lo in range(0, len(windows), chunk):
+            w = torch.from_numpy(windows[lo:lo + chunk])
+            inputs, targets = w[:, :-1], w[:, 1:]
+            logits = trained.model(inputs).float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                  ignore_index=PAD_ID, reduction="none").reshape(targets.shape)
+            nll = nll.double() / math.log(2.0)
+            byte_bits[lo:lo + chunk] = (nll * (targets < N_BYTES)).sum(1).numpy()
+            eos_bits[lo:lo + chunk] = (nll * (targets == EOS_ID)).sum(1).numpy()
+    return {"n_bytes": pa.array(n, pa.int64()),
+            "nll_bits": pa.array(np.bincount(doc, byte_bits, minlength=len(n))),
+            "eos_nll_bits": pa.array(np.bincount(doc, eos_bits, minlength=len(n)))}
+
+
+def _numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+
+def _images(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+    task = trained.task
+    assert isinstance(task, ImageClassifierTask)
+    labels = task.labels
+    vocab = {lab: i for i, lab in enumerate(labels)}
+    true = (table.column("label").to_pylist() if "label" in table.column_names
+            else [None] * table.num_rows)
+    true_idx = np.array([vocab.get(str(t), -1) if t is not None else -1 for t in true])
+    batch = _numpy(table.select(["image_id", "bytes"]))
+    # The task's conversion needs a label per row; ground truth is handled here instead.
+    batch["label"] = np.full(table.num_rows, labels[0], dtype=object)
+    logp_parts = []
+    with torch.no_grad():
+        for lo in range(0, table.num_rows, chunk):
+            part = {k: v[lo:lo + chunk] for k, v in batch.items()}
+            x = trained.task.to_tensors(part, train=False)["images"]
+            logp_parts.append(torch.log_softmax(trained.model(x).float(), dim=1).double())
+    logp = (torch.cat(logp_parts).numpy() if logp_parts
+            else np.zeros((0, len(labels))))
+    probs = np.exp(logp)
+    pred = logp.argmax(axis=1) if len(logp) else np.zeros(0, dtype=np.int64)
+    known = true_idx >= 0
+    nll = np.where(known, -logp[np.arange(len(logp)), np.maximum(true_idx, 0)], np.nan)
+    cols: dict[str, Any] = {
+        "label": pa.array(true, pa.string()),
+        "pred_label": pa.array([labels[i] for i in pred], pa.string()),
+        "confidence": pa.array(probs.max(axis=1) if len(probs) else np.zeros(0)),
+        "nll": pa.array(nll, mask=~known),
+    }
+    cols.update({f"{PROB_PREFIX}{lab}": pa.array(probs[:, i]) for i, lab in enumerate(labels)})
+    return cols
+
+
+def _transactions(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+    batch = _numpy(table.select(list(FEATURE_COLUMNS["transactions"])))
+    # The task's raw-row conversion also builds the training target; it is not used here.
+    batch["is_fraud"] = np.zeros(table.num_rows, dtype=np.float32)
+    scores = []
+    with torch.no_grad():
+        for lo in range(0, table.num_rows, chunk):
+            t = trained.task.to_tensors({k: v[lo:lo + chunk] for k, v in batch.items()},
+                                        train=False)
+            logits = trained.model(t["numeric"], t["categories"]).double()
+            scores.append(torch.sigmoid(logits).numpy())
+    truth = (table.column("is_fraud").cast(pa.bool_()) if "is_fraud" in table.column_names
+             else pa.nulls(table.num_rows, pa.bool_()))
+    return {"is_fraud": truth,
+            "fraud_score": pa.array(np.concatenate(scores) if scores else np.zeros(0))}
+
+
+_SCORERS = {"text": _text, "images": _images, "transactions": _transactions}
+
+
+def predict_batch(trained: TrainedModel, table: pa.Table, chunk: int = 256) -> pa.Table:
+    """Prediction columns (see the module docstring) of one Arrow batch of input rows,
+    scored `chunk` rows (text: windows) at a time."""
+    name = trained.meta.task
+    table = numpy_friendly(table)
+    id_col = ID_COLUMN[name]
+    cols: dict[str, Any] = {id_col: table.column(id_col).cast(pa.string())}
+    cols.update(_SCORERS[name](trained, table, max(1, chunk)))
+    n = table.num_rows
+    cols["model_checkpoint"] = pa.array([trained.checkpoint_url] * n, pa.string())
+    cols["model_digest"] = pa.array([trained.checkpoint_digest] * n, pa.string())
+    if ORDER_COLUMN in table.column_names:
+        cols[ORDER_COLUMN] = table.column(ORDER_COLUMN)
+    return pa.table(cols)
+
+
+# --- the actor pool ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything an actor needs to load the model (pickled into each actor)."""
+
+    cfg: PipelineConfig
+    task_name: str
+    checkpoint_url: str
+    checkpoint_digest: str  # what the driver verified; actors must load the same bytes
+    task_state: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """Ray Data callable class: loads the model once per actor, scores Arrow batches."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        torch.set_num_threads(spec.cfg.evaluate.cpus_per_actor)
+        self.chunk = spec.cfg.evaluate.batch_size
+        self.trained = load_trained(spec.cfg, spec.task_name, spec.checkpoint_url,
+                                    spec.task_state)
+        if self.trained.checkpoint_digest != spec.checkpoint_digest:
+            raise RuntimeError(
+                f"{spec.checkpoint_url} changed after the driver verified it: model.pt "
+                f"sha256 {self.trained.checkpoint_digest[:12]} != "
+                f"{spec.checkpoint_digest[:12]}")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return predict_batch(self.trained, batch, self.chunk)
+
+
+def score(ds: ray.data.Dataset, spec: ModelSpec) -> ray.data.Dataset:
+    """`ds` (input rows) mapped through the model actor pool: prediction rows (lazy)."""
+    from ray.data import ActorPoolStrategy
+
+    ev = spec.cfg.evaluate
+    return ds.map_batches(Predictor, fn_constructor_kwargs={"spec": spec},
+                          batch_size=ev.batch_size, batch_format="pyarrow",
+                          compute=ActorPoolStrategy(size=ev.actors),
+                          num_cpus=ev.cpus_per_actor)
+
+
+def _sort_keys(table: pa.Table, id_col: str) -> list[tuple[str, str]]:
+    keys = [(id_col, "ascending")]
+    if ORDER_COLUMN in table.column_names:
+        keys.append((ORDER_COLUMN, "ascending"))
+    return keys
+
+
+def collect_sorted(ds: ray.data.Dataset, task_name: str) -> pa.Table:
+    """All prediction rows on the driver, sorted by id (then row key), without the key."""
+    import ray
+
+    id_col = ID_COLUMN[task_name]
+    parts = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not parts:
+        return pa.table({id_col: pa.array([], pa.string())})
+    table = pa.concat_tables(parts, promote_options="permissive")
+    table = table.sort_by(_sort_keys(table, id_col))
+    return table.drop_columns([c for c in (ORDER_COLUMN,) if c in table.column_names])
+
+
+def stream_sorted(ds: ray.data.Dataset, task_name: str, batch_rows: int = 65_536
+                  ) -> Iterator[pa.Table]:
+    """Prediction rows sorted by id (then row key) with a distributed Ray sort, streamed
+    to the driver in order: for tables whose predictions need not fit in memory."""
+    from ray.data import DataContext
+
+    id_col = ID_COLUMN[task_name]
+    ctx = DataContext.get_current()
+    before = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # blocks in sorted order, not as finished
+    try:
+        for batch in ds.sort([id_col, ORDER_COLUMN]).iter_batches(
+                batch_size=batch_rows, batch_format="pyarrow"):
+            assert isinstance(batch, pa.Table)
+            yield batch.drop_columns([ORDER_COLUMN])
+    finally:
+        ctx.execution_options.preserve_order = before

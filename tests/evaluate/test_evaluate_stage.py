@@ -1,0 +1,284 @@
+"""The evaluate stages end to end: tiny models of all three tasks trained (1 epoch) and
+evaluated through the runner, figures checked against independent computations, reports,
+gates, tampered checkpoints, and batch inference."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.config import PipelineConfig, config_from_dict
+from pipeline.evaluate.model import best_checkpoint, load_trained
+from pipeline.evaluate.predict import predict_table
+from pipeline.evaluate.stage import evaluate_stage
+from pipeline.orchestrator import StageFailed, run_pipeline
+from pipeline.storage import RunPaths, read_json, read_manifest
+from pipeline.train.checkpoint import CheckpointMismatchError, CorruptCheckpointError
+from pipeline.train.data import publish_split_table
+from pipeline.train.stage import train_stage
+from pipeline.train.tasks.text import make_windows
+from pipeline.train.tasks.transactions import synthetic_transactions
+
+pytestmark = pytest.mark.integration
+
+TASKS = ("text", "images", "transactions")
+RUN_ID = "ev"
+
+
+def _splits(n: int, seed: int) -> list[str]:
+    return list(np.random.default_rng(seed).choice(["train"] * 3 + ["val", "test"], size=n))
+
+
+def _text_table() -> pa.Table:
+    import pydoc_data.topics
+
+    prose = " ".join(pydoc_data.topics.topics[k] for k in ("if", "while", "for", "try"))
+    words = [w for w in prose.split() if w.isascii()]
+    rng = np.random.default_rng(0)
+    # Short documents (< seq_len bytes) fit one window, as validation scores them.
+    docs = [" ".join(rng.choice(words, size=8))[:50] for _ in range(90)]
+    return pa.table({"doc_id": [f"d{i:04d}" for i in range(len(docs))], "text": docs,
+                     "cluster_id": [f"c{i}" for i in range(len(docs))],
+                     "split": _splits(len(docs), 1)})
+
+
+def _image_table() -> pa.Table:
+    from pipeline.synth.images import CLASSES, draw_image, encode
+
+    rng = np.random.default_rng(1)
+    labels = [CLASSES[i % 2] for i in range(72)]
+    blobs = [encode(draw_image(rng, label), "PNG") for label in labels]
+    return pa.table({"image_id": [f"i{i:04d}" for i in range(len(blobs))], "bytes": blobs,
+                     "label": labels, "cluster_id": [f"c{i}" for i in range(len(blobs))],
+                     "split": _splits(len(blobs), 2)})
+
+
+def _txn_table() -> pa.Table:
+    table = synthetic_transactions(700, seed=3, fraud_rate=0.2)
+    return table.set_column(table.schema.get_field_index("split"), "split",
+                            pa.array(_splits(table.num_rows, 3)))
+
+
+def _cfg(root: Path, *overrides: str) -> PipelineConfig:
+    return config_from_dict({
+        "run_id": RUN_ID, "ray": {"num_cpus": 2}, "storage": {"root": f"file://{root}"},
+        "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
+                  "log_every_steps": 100,
+                  "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                           "batch_size": 16},
+                  "images": {"image_size": 16, "channels": 8, "batch_size": 16},
+                  "transactions": {"hidden": 16, "batch_size": 64}},
+        "evaluate": {"batch_size": 32, "num_samples": 2, "max_new_tokens": 12}},
+        list(overrides))
+
+
+def _stages() -> list[Any]:
+    return [*(train_stage(t) for t in TASKS), *(evaluate_stage(t) for t in TASKS)]
+
+
+@pytest.fixture(scope="module")
+def run(ray_local: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("evaluate")
+    paths = RunPaths(f"file://{root}", RUN_ID)
+    tables = {"text": _text_table(), "images": _image_table(),
+              "transactions": _txn_table()}
+    for task, table in tables.items():
+        publish_split_table(paths.stage(f"dedup/{task}"), table)
+    outcomes = run_pipeline(_cfg(root), _stages())
+    again = run_pipeline(_cfg(root), _stages())  # at once: nothing may have changed
+    return {"root": root, "paths": paths, "tables": tables, "outcomes": outcomes,
+            "again": again}
+
+
+def _metrics(run: dict[str, Any], task: str) -> dict[str, Any]:
+    body: dict[str, Any] = read_json(run["paths"].stage(f"evaluate/{task}") + "/metrics.json")
+    return body
+
+
+def _predictions(run: dict[str, Any], task: str, split: str = "test") -> pa.Table:
+    return pq.read_table(str(run["root"] / "runs" / RUN_ID / "evaluate" / task / "predictions"
+                             / f"{split}.parquet"))
+
+
+def _model(run: dict[str, Any], task: str) -> Any:
+    cfg = _cfg(run["root"])
+    ref = best_checkpoint(run["paths"].stage(f"train/{task}"))
+    return load_trained(cfg, task, ref.checkpoint_url, ref.task_state)
+
+
+def _test_rows(run: dict[str, Any], task: str) -> pa.Table:
+    table = run["tables"][task]
+    return table.filter(pa.compute.equal(table.column("split"), "test"))
+
+
+def test_stages_ran_and_manifests_carry_lineage(run: dict[str, Any]) -> None:
+    assert [o.state for o in run["outcomes"]] == ["ran"] * 6
+    for task in TASKS:
+        manifest = read_manifest(run["paths"].stage(f"evaluate/{task}"))
+        extra = manifest.extra
+        assert extra["data_digest"] == read_manifest(
+            run["paths"].stage(f"dedup/{task}")).content_digest
+        ckpt_dir = Path(extra["checkpoint"].removeprefix("file://"))
+        sha = hashlib.sha256((ckpt_dir / "model.pt").read_bytes()).hexdigest()
+        assert extra["checkpoint_digest"] == sha
+        assert extra["report"].endswith(f"reports/evaluate_{task}.html")
+        preds = _predictions(run, task)
+        assert manifest.row_counts["test"] == preds.num_rows == _test_rows(run, task).num_rows
+        assert set(preds.column("model_digest").to_pylist()) == {sha}
+        ids = preds.column(preds.column_names[0]).to_pylist()
+        assert ids == sorted(ids)
+        assert _metrics(run, task)["metrics"] == extra["metrics"]
+    # A second run changes nothing.
+    assert [o.state for o in run["again"]] == ["cached"] * 6
+
+
+def test_text_figures_match_the_training_loss(run: dict[str, Any]) -> None:
+    m = _metrics(run, "text")["metrics"]
+    trained = _model(run, "text")
+    texts = _test_rows(run, "text").column("text").to_pylist()
+    with torch.no_grad():
+        windows = torch.from_numpy(make_windows(texts, 64, train=False))
+        _, sums = trained.task.loss(trained.model, {"tokens": windows})
+    ref = trained.task.summarize({k: float(v) for k, v in sums.items()})
+    assert m["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert m["bits_per_byte"] == pytest.approx(ref["bits_per_byte"], rel=1e-5)
+    assert m["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-4)
+    assert m["bytes"] == sum(len(t.encode()) for t in texts)
+    samples = _metrics(run, "text")["samples"]
+    assert len(samples) == 2 and all(s["prompt"] for s in samples)
+
+
+def test_image_figures_match_an_independent_pass(run: dict[str, Any]) -> None:
+    body = _metrics(run, "images")
+    trained = _model(run, "images")
+    rows = _test_rows(run, "images")
+    batch = {c: rows.column(c).to_numpy(zero_copy_only=False) for c in ("bytes", "label")}
+    with torch.no_grad():
+        t = trained.task.to_tensors(batch, train=False)
+        pred = trained.model(t["images"]).argmax(1).numpy()
+    truth = t["labels"].numpy()
+    assert body["metrics"]["accuracy"] == pytest.approx(float(np.mean(pred == truth)))
+    confusion = np.zeros((2, 2), int)
+    for a, b in zip(truth, pred, strict=True):
+        confusion[a, b] += 1
+    assert body["details"]["confusion"] == confusion.tolist()
+    preds = _predictions(run, "images")
+    probs = np.stack([preds.column(f"prob_{c}").to_numpy() for c in ("circle", "square")], 1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+
+
+def test_fraud_figures_match_brute_force(run: dict[str, Any]) -> None:
+    m = _metrics(run, "transactions")["metrics"]
+    test = _predictions(run, "transactions")
+    s = test.column("fraud_score").to_numpy()
+    y = test.column("is_fraud").to_numpy(zero_copy_only=False).astype(bool)
+    pos, neg = s[y], s[~y]
+    auc = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+           ) / (len(pos) * len(neg))
+    assert m["roc_auc"] == pytest.approx(auc, abs=1e-12)
+    val = _predictions(run, "transactions", "val")
+    assert val.num_rows == (run["tables"]["transactions"].column("split").to_numpy(
+        zero_copy_only=False) == "val").sum()
+    pred = s >= m["threshold"]
+    assert m["recall"] == pytest.approx(np.sum(pred & y) / y.sum())
+    assert m["threshold"] in set(val.column("fraud_score").to_pylist())
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+
+@pytest.mark.parametrize("task,plots", [("text", 1), ("images", 3), ("transactions", 3)])
+def test_reports_are_self_contained_with_plots(run: dict[str, Any], task: str,
+                                               plots: int) -> None:
+    page = (run["root"] / "runs" / RUN_ID / "reports" / f"evaluate_{task}.html").read_text()
+    parser = _Tags()
+    parser.feed(page)
+    assert parser.tags.count("svg") >= plots
+    assert "<script" not in page
+    # The only URL allowed is the SVG namespace name, which is never fetched.
+    assert not re.search(r"https?://", page.replace('xmlns="http://www.w3.org/2000/svg"', ""))
+    assert "training curves" in page
+    assert (run["root"] / "runs" / RUN_ID / "reports" / f"evaluate_{task}.json").exists()
+
+
+def test_failing_gate_names_the_metric_and_keeps_the_report(run: dict[str, Any]) -> None:
+    cfg = _cfg(run["root"], "gates.max_text_bits_per_byte=0.001")
+    with pytest.raises(StageFailed, match=r"gate max_text_bits_per_byte failed for text: "
+                                          r"bits per byte [0-9.]+ > 0\.001"):
+        run_pipeline(cfg, [evaluate_stage("text")])
+    state = read_json(run["paths"].run_json)["stages"]["evaluate/text"]
+    assert state["state"] == "failed"
+    report = read_json(str(run["paths"].reports) + "/evaluate_text.json")
+    assert report["gates"][0]["passed"] is False
+    assert "FAIL" in (run["root"] / "runs" / RUN_ID / "reports" / "evaluate_text.html"
+                      ).read_text()
+    run_pipeline(_cfg(run["root"]), [evaluate_stage("text")])  # restore the passing state
+
+
+def test_tampered_or_foreign_checkpoint_is_refused(run: dict[str, Any], tmp_path: Path
+                                                   ) -> None:
+    cfg = _cfg(run["root"])
+    ref = best_checkpoint(run["paths"].stage("train/transactions"))
+    copy = tmp_path / "ckpt"
+    shutil.copytree(ref.checkpoint_url.removeprefix("file://"), copy)
+    with pytest.raises(CheckpointMismatchError, match=r"manifest digest [0-9a-f]{64}.*"
+                                                      r"manifest digest 0{64}"):
+        load_trained(cfg, "transactions", f"file://{copy}", expected_data_digest="0" * 64)
+    with pytest.raises(CheckpointMismatchError, match="is a 'transactions' model"):
+        load_trained(cfg, "text", f"file://{copy}")
+    data = bytearray((copy / "model.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="refusing to load"):
+        load_trained(cfg, "transactions", f"file://{copy}")
+
+
+def test_predict_table_publishes_sorted_predictions_with_lineage(run: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    cfg = _cfg(run["root"])
+    source = run["paths"].stage("dedup/transactions")
+    first = predict_table(cfg, "transactions", source, f"file://{tmp_path}/p1")
+    table = pq.read_table(str(tmp_path / "p1" / "predictions" / "part-00000.parquet"))
+    assert first.rows == table.num_rows == run["tables"]["transactions"].num_rows
+    ids = table.column("txn_id").to_pylist()
+    assert ids == sorted(ids)
+    extra = read_manifest(f"file://{tmp_path}/p1").extra
+    assert extra["model_digest"] == first.checkpoint_digest == read_manifest(
+        run["paths"].stage("evaluate/transactions")).extra["checkpoint_digest"]
+    assert extra["input_url"] == source and len(extra["input_digest"]) == 64
+    # Same model, same rows: the test-split scores equal the evaluate stage's.
+    test = _predictions(run, "transactions")
+    mine = dict(zip(ids, table.column("fraud_score").to_pylist(), strict=True))
+    np.testing.assert_allclose([mine[i] for i in test.column("txn_id").to_pylist()],
+                               test.column("fraud_score").to_numpy(), rtol=1e-6)
+    # Deterministic: a second run writes identical bytes.
+    predict_table(cfg, "transactions", source, f"file://{tmp_path}/p2",
+                  checkpoint_url=first.checkpoint_url)
+    assert ((tmp_path / "p1/predictions/part-00000.parquet").read_bytes()
+            == (tmp_path / "p2/predictions/part-00000.parquet").read_bytes())
+
+
+def test_predict_table_names_missing_columns(run: dict[str, Any], tmp_path: Path) -> None:
+    table = _txn_table().drop_columns(["amount", "velocity_1h"])
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"missing column\(s\) amount, velocity_1h for the "
+                                         r"transactions model; expected columns: txn_id"):
+        predict_table(_cfg(run["root"]), "transactions", str(tmp_path / "bad.parquet"),
+                      f"file://{tmp_path}/out")
+    assert not (tmp_path / "out").exists()
