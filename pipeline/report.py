@@ -27,12 +27,11 @@ from pipeline import html as H
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 from pipeline.storage import (
     Manifest,
-    MissingManifestError,
     RunPaths,
     filesystem,
+    is_published,
     join,
     read_json,
-    read_manifest,
     write_json_atomic,
 )
 
@@ -44,6 +43,7 @@ DATA_FIGURES = ("input", "kept", "duplicates", "quarantined")
 #: UNVALIDATED_LOSS marks mid-epoch checkpoints); importing it here would pull in torch.
 _PLACEHOLDER_LOSS = 1e29
 #: row counts shown in the stage table, in this order, when a stage has them
+_GROUP_ORDER = ("synth", "ingest", "dedup", "reports/dedup", "train", "evaluate", "reports")
 _KEY_ROWS = ("input", "curated", "kept", "duplicates", "quarantined", "epochs", "rows",
              "records", "examples")
 
@@ -74,13 +74,20 @@ def _key_rows(rows: Mapping[str, Any]) -> dict[str, int]:
     return picked
 
 
+def _stage_order(name: str) -> tuple[int, str]:
+    """Graph order by stage group, then name: stable whatever run.json recorded when
+    (cached stages keep no start time)."""
+    for rank, group in enumerate(_GROUP_ORDER):
+        if name == group or name.startswith(group + "/"):
+            return rank, name
+    return len(_GROUP_ORDER), name
+
+
 def stage_rows(run_state: Mapping[str, Any], inputs: Mapping[str, Manifest],
                exclude: Sequence[str] = (STAGE_NAME,)) -> list[dict[str, Any]]:
-    """One row per stage of run.json (execution order) plus inputs it does not know yet."""
+    """One row per stage recorded in run.json or given as an input, in graph order."""
     recorded: Mapping[str, Any] = run_state.get("stages", {}) or {}
-    names = [n for n in recorded if n not in exclude]
-    names.sort(key=lambda n: (float(recorded[n].get("started") or 0.0), n))
-    names += sorted(n for n in inputs if n not in recorded and n not in exclude)
+    names = sorted((set(recorded) | set(inputs)) - set(exclude), key=_stage_order)
     out = []
     for name in names:
         state = recorded.get(name, {})
@@ -89,7 +96,8 @@ def stage_rows(run_state: Mapping[str, Any], inputs: Mapping[str, Manifest],
         digest = manifest.digest if manifest is not None else state.get("manifest_digest")
         out.append({"stage": name, "state": state.get("state", "published"),
                     "seconds": _number(state.get("seconds")), "rows": _key_rows(rows),
-                    "manifest": (digest or "")[:12], "error": state.get("error")})
+                    "summary": state.get("summary") or "", "manifest": (digest or "")[:12],
+                    "error": state.get("error")})
     return out
 
 
@@ -188,6 +196,11 @@ def summary_figures(run_id: str, run_state: Mapping[str, Any], inputs: Mapping[s
     })
 
 
+def _shown(value: Any) -> Any:
+    """A figure for the page: an undefined one (null: NaN, inf, not measured) reads n/a."""
+    return "n/a" if value is None else value
+
+
 def _link(href: str, text: str) -> H.Html:
     return H.Html(f'<a href="{H.esc(href)}">{H.esc(text)}</a>')
 
@@ -200,9 +213,10 @@ def _stage_table(stages: Sequence[Mapping[str, Any]]) -> H.Html:
         rows.append({
             "stage": s.get("stage"),
             "state": H.Html(f'<span class="{css}">{H.esc(state)}</span>') if css else state,
-            "seconds": s.get("seconds"),
+            "seconds": _shown(s.get("seconds")),
             "rows": ", ".join(f"{k} {H.fmt(v)}" for k, v in s.get("rows", {}).items()),
-            "manifest": s.get("manifest"), "error": s.get("error") or ""})
+            "summary": s.get("summary") or "", "manifest": s.get("manifest"),
+            "error": s.get("error") or ""})
     return H.table(rows) if rows else H.paragraph("no stage recorded yet", "muted")
 
 
@@ -242,7 +256,7 @@ def _training_section(training: Mapping[str, Mapping[str, Any]]) -> H.Html:
         else:
             parts.append(H.paragraph(f"{t}: no finished epoch recorded", "muted"))
         parts.append(H.key_values({"epochs": len(tr["epochs"]),
-                                   "best val loss": tr["best_val_loss"],
+                                   "best val loss": _shown(tr["best_val_loss"]),
                                    "best checkpoint": tr["best_checkpoint"]}, t))
     return H.section("Training", *parts)
 
@@ -250,7 +264,8 @@ def _training_section(training: Mapping[str, Mapping[str, Any]]) -> H.Html:
 def _evaluation_section(evaluation: Mapping[str, Mapping[str, Any]]) -> H.Html:
     if not evaluation:
         return H.section("Evaluation", "no evaluation stage in this run")
-    parts = [H.key_values({**ev["metrics"], "checkpoint": ev["checkpoint"],
+    parts = [H.key_values({**{k: _shown(v) for k, v in ev["metrics"].items()},
+                           "checkpoint": ev["checkpoint"],
                            "checkpoint digest": ev["checkpoint_digest"]}, f"{t}: headline")
              for t, ev in evaluation.items()]
     return H.section("Evaluation", *parts)
@@ -298,11 +313,8 @@ def collect_summary(run: RunPaths, inputs: Mapping[str, Manifest],
         state = {}
     results = {name.split("/", 1)[1]: read_train_result(run, name.split("/", 1)[1], m, options)
                for name, m in inputs.items() if name.startswith("train/")}
-    try:
-        read_manifest(run.stage("reports/dedup"), options)
-        has_dedup_report = True
-    except MissingManifestError:
-        has_dedup_report = False
+    # Linked only when published (it is not an input: the summary does not depend on it).
+    has_dedup_report = is_published(run.stage("reports/dedup"), options)
     return summary_figures(run.run_id, state if isinstance(state, dict) else {}, inputs,
                            results, has_dedup_report)
 
