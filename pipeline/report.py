@@ -156,7 +156,10 @@ def evaluation_figures(manifest: Manifest) -> dict[str, Any]:
     if not isinstance(metrics, Mapping):
         raise ValueError(f"{manifest.stage}: extra['metrics'] must map names to numbers, "
                          f"got {type(metrics).__name__}")
+    gates = list(manifest.extra.get("gates", []) or [])
     return {"metrics": {str(k): _number(v) for k, v in sorted(metrics.items())},
+            "gates": {"passed": sum(bool(g.get("passed")) for g in gates),
+                      "failed": sum(not g.get("passed") for g in gates)},
             "checkpoint": manifest.extra.get("checkpoint"),
             "checkpoint_digest": manifest.extra.get("checkpoint_digest")}
 
@@ -265,6 +268,8 @@ def _evaluation_section(evaluation: Mapping[str, Mapping[str, Any]]) -> H.Html:
     if not evaluation:
         return H.section("Evaluation", "no evaluation stage in this run")
     parts = [H.key_values({**{k: _shown(v) for k, v in ev["metrics"].items()},
+                           "gates passed": ev["gates"]["passed"],
+                           "gates failed": ev["gates"]["failed"],
                            "checkpoint": ev["checkpoint"],
                            "checkpoint digest": ev["checkpoint_digest"]}, f"{t}: headline")
              for t, ev in evaluation.items()]

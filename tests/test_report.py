@@ -117,7 +117,8 @@ def _fake_run(root: Path, with_evaluate: bool = True) -> RunPaths:
                  {"metrics": {"perplexity": 27.1, "token_accuracy": 0.31,
                               "diverged": float("inf")},
                   "checkpoint": "file:///ckpt/train_text/checkpoint_000002",
-                  "checkpoint_digest": "ab" * 32, "report": "file:///x/evaluate_text.html"})
+                  "checkpoint_digest": "ab" * 32, "report": "file:///x/evaluate_text.html",
+                  "gates": [{"gate": "max_text_perplexity", "passed": False}]})
     _publish(run, "reports/dedup", {"text.kept": 12}, {})
     stages = {
         "synth": {"state": "done", "seconds": 1.5, "started": 100.0, "summary": "20 records",
@@ -176,6 +177,7 @@ def test_figures_from_manifests(tmp_path: Path) -> None:
     ev = summary["evaluation"]["text"]
     assert ev["metrics"] == {"diverged": None, "perplexity": 27.1, "token_accuracy": 0.31}
     assert ev["checkpoint_digest"] == "ab" * 32
+    assert ev["gates"] == {"passed": 0, "failed": 1}
     assert summary["links"] == {"dedup report": "../dedup/dedup.html",
                                 "training report images": "../train_images.json",
                                 "training report text": "../train_text.json",
