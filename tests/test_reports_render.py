@@ -13,6 +13,7 @@ report cannot reach the network while the test runs.
 
 from __future__ import annotations
 
+import atexit
 import re
 import shutil
 import tempfile
@@ -93,23 +94,57 @@ def _ink(png: bytes, box: list[float] | None) -> int:
     return int(((pixels.max(axis=2) - pixels.min(axis=2)) > _SATURATION).sum())
 
 
+def _painted(png: bytes) -> int:
+    """Pixels that are not (near) white: anything drawn at all."""
+    from PIL import Image
+
+    with Image.open(BytesIO(png)) as im:
+        pixels = np.asarray(im.convert("L"))
+    return int((pixels < 235).sum())
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def shared_browser() -> Any:
+    """The process's headless Chromium (a Playwright BrowserContext with a fresh profile),
+    started on first use; skips the test when Chromium is not installed. One is shared
+    because Playwright's sync API allows one running instance per thread."""
+    if "context" not in _SHARED:
+        executable = chromium_path()
+        if executable is None:
+            pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
+        from playwright.sync_api import sync_playwright
+
+        profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
+        pw = sync_playwright().start()
+        context = pw.chromium.launch_persistent_context(
+            profile.name, executable_path=executable, headless=True, args=list(LAUNCH_ARGS),
+            viewport={"width": 1200, "height": 900}, service_workers="block")
+        _SHARED.update(context=context, playwright=pw, profile=profile)
+        atexit.register(close_shared_browser)  # for callers outside the fixture
+    return _SHARED["context"]
+
+
+def close_shared_browser() -> None:
+    """Close the shared Chromium, if one runs (idempotent)."""
+    if "context" in _SHARED:
+        context, pw, profile = (_SHARED.pop(k) for k in ("context", "playwright", "profile"))
+        try:
+            context.close()
+        finally:
+            pw.stop()
+            profile.cleanup()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium context (fresh profile) for the module's pages."""
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile, \
-            sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=executable, headless=True, args=list(LAUNCH_ARGS),
-            viewport={"width": 1200, "height": 900}, service_workers="block")
-        try:
-            yield context
-        finally:
-            context.close()
+    """The shared Chromium for the module's pages (listed first by the tests that use it,
+    so a machine without Chromium skips before the Spark run is built)."""
+    try:
+        yield shared_browser()
+    finally:
+        close_shared_browser()
 
 
 def _assert_offline(path: str | Path, requests: list[str]) -> None:
@@ -122,23 +157,9 @@ def assert_renders(path: str | Path, *, min_svgs: int = 1, context: Any = None) 
 
     Fails (AssertionError naming the problem) unless the page loads from file://, holds at
     least `min_svgs` <svg> plots each with a non-zero box and non-blank marks, every <img>
-    decodes, the console logs no error and every request was file:// or data:. Without a
-    `context` (a Playwright BrowserContext) it launches its own Chromium."""
-    if context is None:
-        executable = chromium_path()
-        if executable is None:
-            pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
-        from playwright.sync_api import sync_playwright
-
-        with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile, \
-                sync_playwright() as pw:
-            own = pw.chromium.launch_persistent_context(
-                profile, executable_path=executable, headless=True, args=list(LAUNCH_ARGS),
-                viewport={"width": 1200, "height": 900}, service_workers="block")
-            try:
-                return assert_renders(path, min_svgs=min_svgs, context=own)
-            finally:
-                own.close()
+    decodes, the console logs no error and every request was file:// or data:. `context` is
+    a Playwright BrowserContext; by default the shared one (`shared_browser`)."""
+    context = shared_browser() if context is None else context
     url = Path(path).resolve().as_uri()
     page = context.new_page()
     requests: list[str] = []
@@ -175,7 +196,7 @@ def assert_renders(path: str | Path, *, min_svgs: int = 1, context: Any = None) 
         undecoded = page.evaluate(_IMAGES_DECODED)
         assert not undecoded, f"{path}: images that did not decode: {undecoded}"
         full = page.screenshot(full_page=True)
-        assert _ink(full, None) >= _MIN_INK_PIXELS, f"{path}: the page screenshot is blank"
+        assert _painted(full) >= _MIN_INK_PIXELS, f"{path}: the page screenshot is blank"
         n_images = int(page.evaluate("() => document.images.length"))
     finally:
         page.close()
@@ -228,14 +249,14 @@ def _local(url: str) -> Path:
     return Path(url.removeprefix("file://"))
 
 
-def test_dedup_report_renders_offline(tiny_run: Any, browser: Any) -> None:
+def test_dedup_report_renders_offline(browser: Any, tiny_run: Any) -> None:
     page = _local(tiny_run.stage("reports/dedup")) / "dedup.html"
     rendered = assert_renders(page, min_svgs=3, context=browser)
     assert rendered.images >= 2  # image pair thumbnails, inline data: URIs
     assert rendered.requests[0] == page.resolve().as_uri()
 
 
-def test_summary_report_renders_offline(tiny_run: Any, browser: Any) -> None:
+def test_summary_report_renders_offline(browser: Any, tiny_run: Any) -> None:
     page = _local(tiny_run.stage("reports/summary")) / "index.html"
     rendered = assert_renders(page, min_svgs=2, context=browser)
     labels = [s["label"] for s in rendered.svgs]
@@ -305,6 +326,7 @@ def test_checker_catches_network_requests_and_blank_plots(tmp_path: Path,
     good = tmp_path / "good.html"
     good.write_text(H.page("good", chart))
     assert assert_renders(good, context=browser).svgs[0]["ink"] > 0
+    assert assert_renders(good).images == 0  # the integrator's call: the shared Chromium
     cases = {
         "network requests": H.Html('<img src="http://127.0.0.1:9/x.png" alt="x">' + chart),
         "draws no plot marks": H.Html('<svg width="200" height="100"><text x="5" y="20">'
