@@ -40,9 +40,9 @@ bench: setup  ## benchmarks: ratios against baselines measured in the same run
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-dist: setup  ## wheel + zip of the package for spark-submit --py-files
+dist: setup  ## wheel + deterministic zip of the package for spark-submit --py-files
 	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
-	cd . && rm -f dist/pipeline.zip && $(BIN)/python -c "import shutil; shutil.make_archive('dist/pipeline', 'zip', '.', 'pipeline')"
+	$(BIN)/python -c "from pathlib import Path; from pipeline.orchestrator.package import write_deterministic_zip as z; print(z(Path('pipeline'), 'pipeline', Path('dist/pipeline.zip')), 'files in dist/pipeline.zip')"
 
 clean:  ## remove build outputs and local data (keeps .venv)
 	rm -rf build dist data .pytest_cache .mypy_cache .ruff_cache

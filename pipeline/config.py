@@ -106,6 +106,27 @@ class SparkConfig:
     submit_master: str = "local[2]"
     # Extra spark-submit arguments, e.g. ["--deploy-mode", "client", "--executor-memory", "2g"]
     submit_args: tuple[str, ...] = ()
+    # The spark-submit program. None: $SPARK_HOME/bin/spark-submit, else the one installed
+    # next to this Python (pyspark's), else the one on PATH.
+    submit_command: str | None = None
+    # Python of the executors (PYSPARK_PYTHON). None: this very interpreter, which is right
+    # when the workers run on this machine; on YARN/Kubernetes e.g. ./env/bin/python from
+    # an --archives venv, or the image's python.
+    submit_python: str | None = None
+    # Seconds a spark-submit job may run before it is killed (None: no limit).
+    submit_timeout_s: float | None = None
+
+    def problems(self) -> list[str]:
+        """Problems of the spark-submit settings, each naming its key."""
+        out = []
+        if self.submit_timeout_s is not None and self.submit_timeout_s <= 0:
+            out.append(f"spark.submit_timeout_s: must be > 0 or null, got "
+                       f"{self.submit_timeout_s}")
+        for arg in ("--master", "--py-files"):
+            if arg in self.submit_args:
+                out.append(f"spark.submit_args: {arg} is set by the backend (use "
+                           f"spark.submit_master / the shipped package), not here")
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,26 @@ class RayConfig:
     # Ray Jobs API at `job_address` (the dashboard, e.g. http://127.0.0.2:8265).
     backend: Literal["local", "job"] = "local"
     job_address: str | None = None
+    # The interpreter that runs a job's entry point on the cluster's head node.
+    job_python: str = "python"
+    # Names of extra (non-secret) environment variables copied into a job's runtime_env,
+    # on top of the built-in whitelist (PYTHONHASHSEED, PIPELINE_LOG_LEVEL, ...).
+    job_env_vars: tuple[str, ...] = ()
+    # Seconds a Ray job may run before it is stopped (None: no limit).
+    job_timeout_s: float | None = None
+
+    def problems(self) -> list[str]:
+        """Problems of the Ray job settings, each naming its key."""
+        out = []
+        if self.job_timeout_s is not None and self.job_timeout_s <= 0:
+            out.append(f"ray.job_timeout_s: must be > 0 or null, got {self.job_timeout_s}")
+        if not self.job_python.strip():
+            out.append("ray.job_python: must name an interpreter, got an empty string")
+        for name in self.job_env_vars:
+            if name == self.auth_token_env or _looks_secret(name) or name.endswith("_KEY"):
+                out.append(f"ray.job_env_vars: {name} looks like a secret; secrets never go "
+                           "into a job's runtime_env (the cluster's environment holds them)")
+        return out
 
 
 @dataclass(frozen=True)
@@ -373,6 +414,8 @@ def _check_values(cfg: PipelineConfig) -> list[str]:
     for key in ("max_quarantine_rate", "max_duplicate_rate", "min_image_accuracy",
                 "min_fraud_pr_auc"):
         fraction(f"gates.{key}", getattr(cfg.gates, key))
+    p.extend(cfg.spark.problems())
+    p.extend(cfg.ray.problems())
     p.extend(cfg.gates.problems())
     p.extend(cfg.evaluate.problems())
     return p
@@ -405,8 +448,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def _looks_secret(name: str) -> bool:
     lowered = name.lower()
-    # `*_env` fields name a variable, they do not hold its value.
-    return not lowered.endswith("_env") and any(w in lowered for w in _SECRET_KEY_WORDS)
+    # `*_env` fields name a variable, they do not hold its value; "tokens" is a count
+    # (evaluate.max_new_tokens), not a credential.
+    words = lowered.replace("tokens", "")
+    return not lowered.endswith("_env") and any(w in words for w in _SECRET_KEY_WORDS)
 
 
 def to_dict(obj: Any, redact: bool = True) -> Any:

@@ -22,13 +22,23 @@ def local_ray_env() -> dict[str, str]:
 
 
 def init_ray(cfg: RayConfig, **kwargs: Any) -> None:
-    """Initialize Ray once per process according to `cfg` (no-op if already initialized)."""
+    """Initialize Ray once per process according to `cfg` (no-op if already initialized).
+
+    With `RAY_ADDRESS` set (Ray sets it for a job's driver) the process joins that cluster
+    whatever `cfg.address` says: a job must use the cluster it was submitted to."""
     import ray
 
     if ray.is_initialized():
         return
     for key, value in local_ray_env().items():
         os.environ.setdefault(key, value)
+    if os.environ.get("RAY_ADDRESS"):
+        # Inside a Ray job (or a shell pointed at a cluster): join that cluster, never a
+        # new local Ray beside it. The job's environment holds the cluster's token.
+        ray.init(address="auto", **kwargs)
+        log.info("joined the Ray cluster of this job (%s CPUs)",
+                 ray.cluster_resources().get("CPU"))
+        return
     if cfg.address is None:
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True,
                  configure_logging=False, **kwargs)

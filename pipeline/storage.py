@@ -17,7 +17,7 @@ import posixpath
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
@@ -107,12 +107,32 @@ def code_version() -> str:
     Hashing the sources (not a git sha) works in a wheel or a zip shipped to executors, and
     changes whenever any code that could change a stage's output changes.
     """
-    root = Path(pipeline.__file__).parent
     h = hashlib.sha256()
-    for src in sorted(root.rglob("*.py")):
-        h.update(src.relative_to(root).as_posix().encode())
-        h.update(src.read_bytes())
+    for rel, data in _package_sources(Path(pipeline.__file__).parent):
+        h.update(rel.encode())
+        h.update(data)
     return f"{pipeline.__version__}+{h.hexdigest()[:12]}"
+
+
+def _package_sources(root: Path) -> list[tuple[str, bytes]]:
+    """(relative path, bytes) of every .py file of the package, in path order, whether it
+    was imported from a folder or from a zip (spark-submit --py-files puts the zip on the
+    driver's sys.path: `root` is then `<archive>.zip/pipeline`)."""
+    if root.is_dir():
+        return [(src.relative_to(root).as_posix(), src.read_bytes())
+                for src in sorted(root.rglob("*.py"))]
+    archive = next((p for p in root.parents if p.is_file()), None)
+    if archive is None:
+        raise RuntimeError(f"cannot read the pipeline package's sources at {root}")
+    import zipfile
+
+    inner = root.relative_to(archive).as_posix() + "/"
+    with zipfile.ZipFile(archive) as zf:
+        members = [(n[len(inner):], n) for n in zf.namelist()
+                   if n.startswith(inner) and n.endswith(".py")]
+        # Sorted as Path objects sort (part by part), so both layouts hash alike.
+        members.sort(key=lambda m: PurePosixPath(m[0]).parts)
+        return [(rel, zf.read(name)) for rel, name in members]
 
 
 def cache_key(stage: str, version: str, stage_config: Any, inputs: Mapping[str, str]) -> str:

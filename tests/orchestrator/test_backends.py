@@ -1,0 +1,250 @@
+"""Stage backends: spark-submit jobs equal local runs; jobs never carry secrets; the Ray
+backend refuses an unauthenticated non-local cluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import ConfigError, PipelineConfig, config_from_dict
+from pipeline.dedup.stage import dedup_stage
+from pipeline.ingest.stage import ingest_stage
+from pipeline.orchestrator import Stage, StageContext, StageResult, backend_spark, run_pipeline
+from pipeline.orchestrator.backend_ray import (
+    InsecureJobAddressError,
+    is_local_address,
+    job_runtime_env,
+    run_ray_job,
+    submission_token,
+)
+from pipeline.orchestrator.backends import backend_of
+from pipeline.orchestrator.job import JobSpecError, make_spec, run_job, shippable_config
+from pipeline.orchestrator.package import build_bundle, package_files
+from pipeline.orchestrator.stages import synth_stage
+from pipeline.storage import RunPaths, code_version, filesystem, read_json, read_manifest
+
+FAKE_KEY = "fake-hmac-key-4f9d2c71e0b8"
+FAKE_TOKEN = "fake-ray-token-8a61c3d5b2f9"
+STAGES = ("ingest/transactions", "dedup/transactions")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One bundle cache per test session, away from the user's ~/.cache.
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bundles"))
+
+
+def _cfg(root: Path, **extra: Any) -> PipelineConfig:
+    return config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
+                             "modalities": ["transactions"], "synth": {"scale": 0.2},
+                             "spark": {"shuffle_partitions": 2, **extra.pop("spark", {})},
+                             **extra})
+
+
+def _stages() -> list[Stage]:
+    return [synth_stage(), ingest_stage("transactions"), dedup_stage("transactions")]
+
+
+def _no_spark() -> Any:
+    raise AssertionError("this test needs no Spark")
+
+
+def _ctx(cfg: PipelineConfig, root: Path) -> StageContext:
+    run = RunPaths(f"file://{root}", "t")
+    return StageContext(cfg, run, run.stage("_staging/x-0123456789ab"), {}, _no_spark)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("address", "local"), [
+    ("http://127.0.0.2:8265", True), ("127.0.0.1:8265", True), ("http://localhost:8265", True),
+    ("http://[::1]:8265", True), ("ray://127.9.0.1:10001", True),
+    ("http://10.0.0.5:8265", False), ("https://ray.example.com", False),
+    ("http://128.0.0.1:8265", False), ("", False)])
+def test_local_addresses(address: str, local: bool) -> None:
+    assert is_local_address(address) is local
+
+
+@pytest.mark.unit
+def test_non_local_job_address_without_token_is_refused(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, ray={"backend": "job", "job_address": "http://10.1.2.3:8265"})
+    with pytest.raises(InsecureJobAddressError) as err:
+        submission_token(cfg.ray, {})
+    message = str(err.value)
+    assert "10.1.2.3" in message and "RAY_AUTH_TOKEN" in message and "token" in message
+    # Refused before anything is written or contacted.
+    with pytest.raises(InsecureJobAddressError):
+        run_ray_job(train_like(), _ctx(cfg, tmp_path), environ={})
+    assert not (tmp_path / "runs").exists()
+    # With the token configured it is allowed, and locally the token is passed when set.
+    assert submission_token(cfg.ray, {"RAY_AUTH_TOKEN": FAKE_TOKEN}) == FAKE_TOKEN
+    local = _cfg(tmp_path, ray={"backend": "job", "job_address": "http://127.0.0.2:8265"})
+    assert submission_token(local.ray, {}) is None
+    assert submission_token(local.ray, {"RAY_AUTH_TOKEN": FAKE_TOKEN}) == FAKE_TOKEN
+
+
+def train_like() -> Stage:
+    from pipeline.train.stage import train_stage
+
+    return train_stage("transactions")
+
+
+@pytest.mark.unit
+def test_ray_runtime_env_carries_only_whitelisted_non_secrets(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, ray={"backend": "job", "job_address": "http://127.0.0.2:8265",
+                              "job_env_vars": ["MY_SETTING"]})
+    environ = {"PIPELINE_HMAC_KEY": FAKE_KEY, "RAY_AUTH_TOKEN": FAKE_TOKEN,
+               "AWS_SECRET_ACCESS_KEY": "aws-secret", "PYTHONHASHSEED": "0",
+               "PIPELINE_LOG_LEVEL": "DEBUG", "MY_SETTING": "on", "HOME": "/home/x"}
+    env = job_runtime_env(cfg.ray, build_bundle(), environ)
+    assert env["env_vars"] == {"PYTHONHASHSEED": "0", "PIPELINE_LOG_LEVEL": "DEBUG",
+                               "MY_SETTING": "on", "COLUMNS": "400"}
+    text = json.dumps(env)
+    for secret in (FAKE_KEY, FAKE_TOKEN, "aws-secret"):
+        assert secret not in text
+    # Nothing but the entry point and the package is uploaded: no data/, .venv, .git.
+    uploaded = [p for d in (env["working_dir"], *env["py_modules"]) for p in Path(d).rglob("*")]
+    assert {p.name for p in uploaded if p.is_file() and p.parent.name == "jobs"} == {"stage.py"}
+    assert not [p for p in uploaded if {".git", ".venv", "data", "__pycache__"} & set(p.parts)]
+
+
+@pytest.mark.unit
+def test_secret_looking_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        _cfg(tmp_path, ray={"job_env_vars": ["PIPELINE_HMAC_KEY", "RAY_AUTH_TOKEN"]},
+             spark={"submit_args": ["--master", "yarn"]})
+    assert len(err.value.problems) == 3
+    assert any("ray.job_env_vars: PIPELINE_HMAC_KEY" in p for p in err.value.problems)
+    assert any("spark.submit_args: --master" in p for p in err.value.problems)
+    leaky = _cfg(tmp_path, storage={"root": f"file://{tmp_path}",
+                                    "options": {"secret_access_key": "s3cr3t"}})
+    with pytest.raises(JobSpecError, match=r"storage\.options\.secret_access_key"):
+        shippable_config(leaky)
+
+
+@pytest.mark.unit
+def test_bundle_is_deterministic_and_is_the_running_code(tmp_path: Path) -> None:
+    first, second = build_bundle(tmp_path / "a"), build_bundle(tmp_path / "b")
+    assert first.zip_path.read_bytes() == second.zip_path.read_bytes()
+    assert build_bundle(tmp_path / "a") == first  # cached: built once per code version
+    import pipeline
+
+    src = Path(pipeline.__file__).parent
+    with zipfile.ZipFile(first.zip_path) as zf:
+        names = zf.namelist()
+    assert names == [f"pipeline/{p.relative_to(src).as_posix()}" for p in package_files(src)]
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    # Imported from the zip, the package has the same code version (cache keys agree).
+    out = subprocess.run([sys.executable, "-c", "import pipeline, pipeline.storage as s; "
+                          "print(pipeline.__file__); print(s.code_version())"],
+                         env={"PYTHONPATH": str(first.zip_path), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    file_line, version_line = out.stdout.split()
+    assert file_line.startswith(str(first.zip_path))
+    assert version_line == code_version() == first.version
+
+
+@pytest.mark.unit
+def test_dispatch_by_kind_and_config(tmp_path: Path) -> None:
+    ingest, train = ingest_stage("transactions"), train_like()
+    local = _ctx(_cfg(tmp_path), tmp_path)
+    assert backend_of(ingest, local) == backend_of(train, local) == "local"
+    jobs = _ctx(_cfg(tmp_path, spark={"backend": "spark-submit"},
+                     ray={"backend": "job", "job_address": "http://127.0.0.2:8265"}), tmp_path)
+    assert backend_of(ingest, jobs) == "spark-submit"
+    assert backend_of(train, jobs) == "ray-job"
+    assert backend_of(synth_stage(), jobs) == "local"
+    custom = Stage(name="custom", run=lambda ctx: StageResult(), config_of=lambda c: 0,
+                   kind="spark")
+    assert backend_of(custom, jobs) == "local"  # a job could not look it up by name
+
+
+@pytest.mark.unit
+def test_job_side_runs_the_stage_and_checks_its_inputs(tmp_path: Path) -> None:
+    def run(ctx: StageContext) -> StageResult:
+        fs, path = filesystem(ctx.staging_url)
+        with fs.open(f"{path}/out.txt", "wb") as fh:
+            fh.write(b"x")
+        return StageResult(row_counts={"rows": 1}, extra={"loss": float("nan"), "t": (1, 2)},
+                           summary="1 row")
+
+    stage = Stage(name="one", run=run, config_of=lambda c: 0)
+    cfg = _cfg(tmp_path)
+    spec = make_spec(stage, _ctx(cfg, tmp_path))
+    assert spec.attempt == "0123456789ab"
+    assert spec.result_url.endswith("/runs/t/_jobs/one/0123456789ab.json")
+    result = run_job(spec, [stage])
+    assert result.row_counts == {"rows": 1} and result.extra["t"] == [1, 2]
+    assert read_json(spec.result_url)["summary"] == "1 row"
+    wrong = make_spec(Stage(name="gone", run=run, config_of=lambda c: 0), _ctx(cfg, tmp_path))
+    with pytest.raises(JobSpecError, match="'gone' is not in the stage graph"):
+        run_job(wrong, [stage])
+    stale = type(spec)(**{**spec.__dict__, "code_version": "0.0.0+000000000000"})
+    with pytest.raises(JobSpecError, match="differs from the orchestrator"):
+        run_job(stale, [stage])
+
+
+def _run_and_collect(cfg: PipelineConfig) -> dict[str, Any]:
+    run_pipeline(cfg, _stages())  # synth is disabled: inputs are configured
+    run = RunPaths(cfg.storage.root, "t")
+    return {name: read_manifest(run.stage(name)) for name in STAGES}
+
+
+def _raw(tmp_path: Path) -> dict[str, Any]:
+    """Sample transactions both runs read (`source` holds the raw file's URI, so the
+    outputs can only be byte-identical when the raw files are the same files)."""
+    from pipeline.synth import generate
+
+    generate(str(tmp_path / "raw"), scale=0.1, seed=0, modalities=["transactions"])
+    return {"transactions": {"paths": [str(tmp_path / "raw" / "transactions")]}}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_spark_submit_backend_equals_local(tmp_path: Path, spark: Any,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """ingest + dedup of transactions as spark-submit --master local[2] jobs publish the
+    same files and content digests as the in-process run; the key reaches the job only
+    through the environment: not in argv, specs, results, manifests, run.json or logs."""
+    monkeypatch.setenv("PIPELINE_HMAC_KEY", FAKE_KEY)
+    inputs = _raw(tmp_path)
+    local = _run_and_collect(_cfg(tmp_path / "local", inputs=inputs))
+    argvs: list[list[str]] = []
+    real = backend_spark.run_command
+
+    def recording(argv: list[str], env: dict[str, str], prefix: str,
+                  timeout_s: float | None) -> Any:
+        argvs.append(list(argv))
+        assert env["PIPELINE_HMAC_KEY"] == FAKE_KEY  # the driver's environment has it
+        assert env["PYSPARK_PYTHON"] == sys.executable
+        return real(argv, env, prefix, timeout_s)
+
+    monkeypatch.setattr(backend_spark, "run_command", recording)
+    caplog.set_level(logging.INFO)
+    submitted_root = tmp_path / "submitted"
+    submitted = _run_and_collect(_cfg(submitted_root, inputs=inputs,
+                                      spark={"backend": "spark-submit",
+                                             "submit_master": "local[2]"}))
+    assert len(argvs) == 2 and all("--py-files" in a and "local[2]" in a for a in argvs)
+    for name in STAGES:
+        assert submitted[name].content_digest == local[name].content_digest, name
+        assert [(f.path, f.sha256) for f in submitted[name].files] == \
+            [(f.path, f.sha256) for f in local[name].files]
+        assert submitted[name].extra == local[name].extra, name
+    jobs = sorted((submitted_root / "runs/t/_jobs").rglob("*.json"))
+    assert len(jobs) == 4  # a spec and a result per job
+    streamed = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("[spark-submit ")]
+    assert any("job dedup/transactions attempt" in m and "input(s)" in m for m in streamed)
+    everything = [json.dumps(argvs), "\n".join(r.getMessage() for r in caplog.records)]
+    everything += [p.read_text(errors="replace") for p in (submitted_root / "runs/t").rglob("*")
+                   if p.is_file() and p.suffix == ".json"]
+    for text in everything:
+        assert FAKE_KEY not in text
