@@ -58,6 +58,8 @@ FEATURE_COLUMNS: Mapping[str, tuple[str, ...]] = {
 LABEL_COLUMN: Mapping[str, str] = {"images": "label", "transactions": "is_fraud"}
 #: a pass-through row key (unique per input row) that makes the sort order total
 ORDER_COLUMN = "_order"
+#: a pass-through tag of the split a row came from (several splits scored in one pass)
+SPLIT_COLUMN = "_split"
 LINEAGE_COLUMNS = ("model_checkpoint", "model_digest")
 PROB_PREFIX = "prob_"
 PREDICTION_SCHEMA_DOC: Mapping[str, str] = {
@@ -205,8 +207,9 @@ def predict_batch(trained: TrainedModel, table: pa.Table, chunk: int = 256) -> p
     n = table.num_rows
     cols["model_checkpoint"] = pa.array([trained.checkpoint_url] * n, pa.string())
     cols["model_digest"] = pa.array([trained.checkpoint_digest] * n, pa.string())
-    if ORDER_COLUMN in table.column_names:
-        cols[ORDER_COLUMN] = table.column(ORDER_COLUMN)
+    for passthrough in (ORDER_COLUMN, SPLIT_COLUMN):
+        if passthrough in table.column_names:
+            cols[passthrough] = table.column(passthrough)
     return pa.table(cols)
 
 

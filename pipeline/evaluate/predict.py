@@ -124,7 +124,8 @@ def _dataset(root: str, files: list[str], columns: list[str],
     # Paths relative to the input root: the row key (hash of path and position) does not
     # depend on where the table lives.
     rel = [posixpath.relpath(arrow_filesystem(f, options)[1], base) for f in files]
-    ds = ray.data.read_parquet(rel, filesystem=sub, columns=columns, include_row_hash=True)
+    ds = ray.data.read_parquet(rel, filesystem=sub, include_row_hash=True)
+    ds = ds.select_columns([*columns, "row_hash"])  # pushed down into the scan
     return ds.rename_columns({"row_hash": inference.ORDER_COLUMN})
 
 

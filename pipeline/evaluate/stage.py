@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -71,14 +72,31 @@ def json_clean(obj: Any) -> Any:
     return obj
 
 
-def score_split(cfg: PipelineConfig, task: str, data_url: str, split: str,
-                spec: inference.ModelSpec) -> pa.Table:
-    """Sorted prediction rows of one split of the run's `dedup/<task>` table."""
+def _tag(table: pa.Table, split: str) -> pa.Table:
+    return table.append_column(inference.SPLIT_COLUMN,
+                               pa.array([split] * table.num_rows, pa.string()))
+
+
+def score_splits(cfg: PipelineConfig, task: str, data_url: str, splits: tuple[str, ...],
+                 spec: inference.ModelSpec) -> dict[str, pa.Table]:
+    """Sorted prediction rows of each split of the run's `dedup/<task>` table, scored in
+    one pass through the actor pool (one pool start, however many splits)."""
+    from functools import partial
+
     from pipeline.train.data import read_split
 
-    ds = read_split(data_url, split, inference.input_columns(task),
-                    options=dict(cfg.storage.options))
-    return inference.collect_sorted(inference.score(ds, spec), task)
+    parts = [read_split(data_url, split, inference.input_columns(task),
+                        options=dict(cfg.storage.options)).map_batches(
+                            partial(_tag, split=split), batch_format="pyarrow")
+             for split in splits]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    table = inference.collect_sorted(inference.score(ds, spec), task)
+    if not table.num_rows:
+        raise ValueError(f"{data_url}: no rows in the {'/'.join(splits)} split(s); nothing "
+                         f"to evaluate (see the split.* ratios)")
+    tags = table.column(inference.SPLIT_COLUMN)
+    rest = table.drop_columns([inference.SPLIT_COLUMN])
+    return {split: rest.filter(pc.equal(tags, split)) for split in splits}
 
 
 def text_samples(cfg: PipelineConfig, trained: TrainedModel, data_url: str,
@@ -152,8 +170,9 @@ def run_evaluate(ctx: StageContext, task: str) -> StageResult:
     init_ray(cfg.ray)
     spec = inference.ModelSpec(cfg, task, trained.checkpoint_url, trained.checkpoint_digest,
                                trained.task_state)
-    predictions = {split: score_split(cfg, task, data_url, split, spec)
-                   for split in SPLITS[task]}
+    predictions = score_splits(cfg, task, data_url, SPLITS[task], spec)
+    if not predictions["test"].num_rows:
+        raise ValueError(f"{data_url}: the test split has no rows; nothing to evaluate")
     for split, table in predictions.items():
         _write_table(ctx.staging_url, f"predictions/{split}.parquet", table)
     labels = list(trained.task_state.get("labels") or [])
