@@ -287,11 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    # --- integrator: evaluation commands ------------------------------------------------
-    # Once pipeline/evaluate/ exists, add its subcommands here:
-    #     from pipeline.evaluate.cli import add_commands
-    #     add_commands(sub)
-    # ----------------------------------------------------------------------------------
+    from pipeline.evaluate.cli import add_commands
+
+    add_commands(sub)  # evaluate, predict
     return parser
 
 

@@ -228,7 +228,9 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
             entries.append(PlanEntry(name, "blocked", "; ".join(problems), tuple(sizes)))
         elif upstream_runs:
             will_run.append(name)
-            entries.append(PlanEntry(name, "run", f"will run: upstream {', '.join(upstream_runs)}"
+            shown = ", ".join(upstream_runs[:2]) + (f" and {len(upstream_runs) - 2} more"
+                                                    if len(upstream_runs) > 2 else "")
+            entries.append(PlanEntry(name, "run", f"will run: upstream {shown}"
                                      f" re-run{'s' if len(upstream_runs) == 1 else ''}",
                                      tuple(sizes)))
         else:

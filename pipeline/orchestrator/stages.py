@@ -100,9 +100,12 @@ def synth_stage() -> Stage:
 def default_stages() -> list[Stage]:
     """The pipeline's stages in execution order."""
     from pipeline.dedup.stage import dedup_report_stage, dedup_stage
+    from pipeline.evaluate.stage import evaluate_stage
     from pipeline.ingest.stage import MODALITIES, ingest_stage
+    from pipeline.report import summary_report_stage
     from pipeline.train.stage import train_stage
 
     return [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
             *(dedup_stage(m) for m in MODALITIES), dedup_report_stage(MODALITIES),
-            *(train_stage(m) for m in MODALITIES)]
+            *(train_stage(m) for m in MODALITIES), *(evaluate_stage(m) for m in MODALITIES),
+            summary_report_stage(MODALITIES)]
