@@ -167,6 +167,10 @@ class ScalingConfig:
     num_workers: int = 1
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     cpus_per_worker: int = 1
+    # Ray placement group strategy of the training workers. PACK fills one node first;
+    # STRICT_SPREAD puts every worker on its own node (so one lost node costs one worker,
+    # and training waits for a replacement node rather than doubling up).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO / ".cluster"
 STATE_FILE = "cluster.json"
 TOKEN_FILE = "ray_token"
+# Spark's daemons stop at once on SIGTERM; Ray's raylets drain for ~10 s and its GCS and
+# `ray start --block` keep running, so they get SIGKILL after this (nothing to save here).
+DOWN_GRACE_S = 3.0
 
 
 def state_path(cluster_dir: Path) -> Path:
@@ -170,9 +173,10 @@ def kill_ray_worker(cluster_dir: Path) -> list[int]:
     return killed
 
 
-def down(cluster_dir: Path) -> int:
-    """Stop every process group recorded in `cluster_dir`; idempotent. Returns how many
-    processes were signalled. Raises ClusterError if any survived."""
+def down(cluster_dir: Path, grace_s: float = DOWN_GRACE_S) -> int:
+    """Stop every process group recorded in `cluster_dir`: SIGTERM, then SIGKILL after
+    `grace_s`; idempotent. Returns how many processes were signalled. Raises
+    ClusterError if any survived."""
     cluster_dir = cluster_dir.resolve()
     state = load_state(cluster_dir)
     if state is None:
@@ -180,7 +184,7 @@ def down(cluster_dir: Path) -> int:
         return 0
     procs = state.get("procs", {})
     # All at once: Ray's raylets take seconds to shut down, in parallel that is paid once.
-    stopped = len(stop_groups([(p["pid"], p["start"]) for p in procs.values()]))
+    stopped = len(stop_groups([(p["pid"], p["start"]) for p in procs.values()], grace_s))
     temp_root = state.get("ray_temp_dir")
     if temp_root:
         nodes.keep_ray_logs(Path(temp_root), cluster_dir / "logs")
@@ -214,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sub.add_parser(name)
         cmd.add_argument("--dir", type=Path, default=DEFAULT_DIR,
                          help=f"cluster folder (default {DEFAULT_DIR})")
+        if name == "down":
+            cmd.add_argument("--grace", type=float, default=DOWN_GRACE_S,
+                             help="seconds between SIGTERM and SIGKILL")
         if name == "up":
             cmd.add_argument("--spark", action=argparse.BooleanOptionalAction, default=True,
                              help="start the Spark standalone cluster")
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("nothing to start: both --no-spark and --no-ray given")
             up(args.dir, spark=args.spark, ray=args.ray)
         elif args.command == "down":
-            down(args.dir)
+            down(args.dir, args.grace)
         elif args.command == "status":
             return status(args.dir)
         elif args.command == "kill-ray-worker":

@@ -115,9 +115,13 @@ def wait_spark_workers(ui: str, count: int, log: str) -> None:
                f"Spark worker registration ({count} expected)", START_TIMEOUT_S, Path(log))
 
 
-def _ray_env(token_file: Path) -> dict[str, str]:
+def _ray_env(token_file: Path, gcs_address: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+           if k not in ("RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS")}
+    # Every process of the cluster (and of its jobs) inherits its own GCS address: with
+    # several Ray instances on one machine, `address="auto"` lookups (Ray Train's
+    # placement group cleaner, state API calls) would otherwise find them all and fail.
+    env["RAY_ADDRESS"] = gcs_address
     # Jobs' entrypoints (`python ...`) resolve against this PATH: the venv's Python first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
@@ -154,7 +158,8 @@ def start_ray_head(cluster_dir: Path, temp_root: Path, token_file: Path) -> Star
     cmd = [str(_ray_cli()), "start", "--head", *_ray_common(RAY_HEAD_IP, temp_root / "head"),
            "--include-dashboard=true", f"--dashboard-host={RAY_HEAD_IP}", *head_ports,
            *_ray_node_ports(_NODE_PORTS)]
-    pid, start = spawn(cmd, log, _ray_env(token_file), cwd=cluster_dir)
+    pid, start = spawn(cmd, log, _ray_env(token_file, f"{RAY_HEAD_IP}:{gcs_port}"),
+                       cwd=cluster_dir)
     return Started(pid, start, log, f"{RAY_HEAD_IP}:{gcs_port}",
                    f"http://{RAY_HEAD_IP}:{dash_port}")
 
@@ -175,7 +180,7 @@ def start_ray_worker(cluster_dir: Path, temp_root: Path, token_file: Path,
     cmd = [str(_ray_cli()), "start", f"--address={address}",
            *_ray_common(RAY_WORKER_IP, temp_root / f"worker-{n}"),
            *_ray_node_ports(_NODE_PORTS)]
-    pid, start = spawn(cmd, log, _ray_env(token_file), cwd=cluster_dir)
+    pid, start = spawn(cmd, log, _ray_env(token_file, address), cwd=cluster_dir)
     return Started(pid, start, log, RAY_WORKER_IP)
 
 

@@ -97,6 +97,20 @@ def resolve_use_gpu(scaling: ScalingConfig) -> bool:
     return gpus >= scaling.num_workers
 
 
+def _warn_if_too_few_nodes(scaling: ScalingConfig) -> None:
+    """STRICT_SPREAD needs a node per worker; with fewer, Ray Train waits for nodes to join
+    and then fails the worker group start. Say so up front, with the numbers."""
+    import ray
+
+    if scaling.placement_strategy != "STRICT_SPREAD" or not ray.is_initialized():
+        return
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if alive < scaling.num_workers:
+        log.warning("placement_strategy STRICT_SPREAD needs %d nodes for %d workers, the "
+                    "cluster has %d alive: training waits for more nodes to join",
+                    scaling.num_workers, scaling.num_workers, alive)
+
+
 def resume_config(cfg: PipelineConfig, task_name: str,
                   task_state: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint must share with the current run to be resumed."""
@@ -222,6 +236,7 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
         storage_options=options, fault=fault if fault is not None else FaultSpec.from_env(),
         threads=scaling.cpus_per_worker)
     use_gpu = resolve_use_gpu(scaling)
+    _warn_if_too_few_nodes(scaling)
     resources = {"CPU": float(scaling.cpus_per_worker)}
     if use_gpu:
         resources["GPU"] = 1.0
@@ -232,8 +247,9 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"spec": spec},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers,
-                                               use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+            placement_strategy=scaling.placement_strategy),
         run_config=_run_config(cfg, run, task_name),
         datasets=dict(inputs.datasets()),  # type: ignore[arg-type]
         dataset_config=ray.train.DataConfig(

@@ -48,8 +48,10 @@ class LocalCluster:
     def ray_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """An environment for a subprocess that talks to the Ray cluster (token auth)."""
         env = dict(os.environ if base is None else base)
+        # RAY_API_SERVER_ADDRESS for `ray job ...`, RAY_ADDRESS for ray.init() drivers.
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
-                   RAY_ADDRESS=self.ray_dashboard)
+                   RAY_API_SERVER_ADDRESS=self.ray_dashboard, RAY_ADDRESS=self.ray_address,
+                   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1")
         env.pop("RAY_AUTH_TOKEN_PATH", None)
         return env
 
