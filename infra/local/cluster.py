@@ -120,14 +120,16 @@ def up(cluster_dir: Path, spark: bool = True, ray: bool = True) -> dict[str, Any
                          ray_nodes={"ray-head": nodes.RAY_HEAD_IP})
             _record(state, cluster_dir, "ray-head", head)
         if spark:
-            nodes.wait_spark_master(state["spark_ui"], state["logs"]["spark-master"])
+            nodes.wait_spark_master(state["spark_ui"], state["logs"]["spark-master"],
+                                    state["procs"]["spark-master"])
             _record(state, cluster_dir, "spark-worker",
                     nodes.start_spark_worker(cluster_dir, state["spark_master"]))
         if ray:
             nodes.wait_ray_head(state["logs"]["ray-head"], state["procs"]["ray-head"])
             start_ray_worker(cluster_dir, state)
         if spark:
-            nodes.wait_spark_workers(state["spark_ui"], 1, state["logs"]["spark-worker"])
+            nodes.wait_spark_workers(state["spark_ui"], 1, state["logs"]["spark-worker"],
+                                     state["procs"]["spark-worker"])
     except BaseException:
         down(cluster_dir)
         raise

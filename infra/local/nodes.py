@@ -11,7 +11,7 @@ import importlib.util
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,9 +86,13 @@ def start_spark_master(cluster_dir: Path) -> Started:
     return Started(pid, start, log, f"spark://{SPARK_IP}:{port}", f"http://{SPARK_IP}:{ui_port}")
 
 
-def wait_spark_master(ui: str, log: str) -> None:
+def _running(proc: Mapping[str, int]) -> Callable[[], bool]:
+    return lambda: is_alive(proc["pid"], proc["start"])
+
+
+def wait_spark_master(ui: str, log: str, proc: Mapping[str, int]) -> None:
     wait_until(lambda: (http_json(f"{ui}/json/") or {}).get("status") == "ALIVE",
-               "Spark master", START_TIMEOUT_S, Path(log))
+               "Spark master", START_TIMEOUT_S, Path(log), alive=_running(proc))
 
 
 def start_spark_worker(cluster_dir: Path, master: str) -> Started:
@@ -110,9 +114,10 @@ def spark_alive_workers(ui: str) -> int:
     return sum(1 for w in workers if w.get("state") == "ALIVE")
 
 
-def wait_spark_workers(ui: str, count: int, log: str) -> None:
+def wait_spark_workers(ui: str, count: int, log: str, proc: Mapping[str, int]) -> None:
     wait_until(lambda: spark_alive_workers(ui) >= count,
-               f"Spark worker registration ({count} expected)", START_TIMEOUT_S, Path(log))
+               f"Spark worker registration ({count} expected)", START_TIMEOUT_S, Path(log),
+               alive=_running(proc))
 
 
 def _ray_env(token_file: Path, gcs_address: str) -> dict[str, str]:
@@ -166,7 +171,7 @@ def start_ray_head(cluster_dir: Path, temp_root: Path, token_file: Path) -> Star
 
 def wait_ray_head(log: str, proc: Mapping[str, int]) -> None:
     wait_until(lambda: log_contains(Path(log), _RAY_STARTED), "Ray head node",
-               START_TIMEOUT_S, Path(log), alive=lambda: is_alive(proc["pid"], proc["start"]))
+               START_TIMEOUT_S, Path(log), alive=_running(proc))
 
 
 def start_ray_worker(cluster_dir: Path, temp_root: Path, token_file: Path,

@@ -18,6 +18,7 @@ import atexit
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -134,10 +135,25 @@ def _down(cluster_dir: Path) -> None:
 
 
 @pytest.fixture(scope="session")
+def cluster_procs() -> Any:
+    """infra/local/procs.py: process, port and readiness helpers of the cluster script."""
+    return procs
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Spark standalone + two-node Ray cluster for the whole session; always stopped."""
     cluster_dir = tmp_path_factory.mktemp("local_cluster")
     atexit.register(_down, cluster_dir)  # if pytest dies before the finally below
+    # A SIGTERM (a CI job cancelled) would end the process without running `finally` or
+    # atexit: turn it into SystemExit while the cluster runs, unless someone handles it.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = run_cluster_script("up", "--dir", str(cluster_dir), timeout=UP_TIMEOUT_S)
         if result.returncode != 0:
@@ -148,6 +164,8 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         seen = cluster_processes(cluster_dir)
         _down(cluster_dir)
         atexit.unregister(_down)
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # `down` must leave nothing behind: checked on every run, as a teardown error.
     left = survivors(seen)
     assert not left, f"cluster down left {len(left)} of {len(seen)} processes: {left}"

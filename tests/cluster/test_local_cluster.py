@@ -5,6 +5,7 @@ the `local_cluster` fixture's teardown for every session)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,6 @@ import pytest
 
 if TYPE_CHECKING:  # conftest is not importable at run time (no packages under tests/)
     from tests.cluster.conftest import LocalCluster
-
-pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -49,6 +48,7 @@ def _alive_ray_nodes(cluster: LocalCluster) -> list[dict[str, Any]]:
     return [n for n in answer["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
 
+@pytest.mark.cluster
 def test_cluster_has_two_ray_nodes_and_a_spark_worker(local_cluster: LocalCluster) -> None:
     nodes = _alive_ray_nodes(local_cluster)
     assert sorted(n["node_ip"] for n in nodes) == [HEAD_IP, WORKER_IP]
@@ -62,10 +62,13 @@ def test_cluster_has_two_ray_nodes_and_a_spark_worker(local_cluster: LocalCluste
     assert len(alive) == 1 and alive[0]["cores"] == 2 and alive[0]["host"] == "127.0.0.1"
     token_file = Path(local_cluster.state["token_file"])
     assert token_file.stat().st_mode & 0o777 == 0o600
-    # No secret in the description other tools read.
+    # No secret in the description other tools read, nor in any daemon's output.
     assert local_cluster.token not in (local_cluster.dir / "cluster.json").read_text()
+    for log in (local_cluster.dir / "logs").rglob("*.log"):
+        assert local_cluster.token not in log.read_text(errors="replace"), log
 
 
+@pytest.mark.cluster
 def test_spark_submit_runs_on_the_standalone_cluster(local_cluster: LocalCluster,
                                                      tmp_path: Path) -> None:
     app = tmp_path / "squares.py"
@@ -120,6 +123,7 @@ def _submit(cluster: LocalCluster, env: dict[str, str], workdir: Path,
         capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir, check=False)
 
 
+@pytest.mark.cluster
 def test_ray_job_submit_places_a_task_on_each_node(local_cluster: LocalCluster,
                                                    tmp_path: Path) -> None:
     env = local_cluster.ray_env({"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path),
@@ -131,6 +135,7 @@ def test_ray_job_submit_places_a_task_on_each_node(local_cluster: LocalCluster,
     assert local_cluster.token not in result.stdout + result.stderr
 
 
+@pytest.mark.cluster
 def test_ray_refuses_clients_without_the_token(local_cluster: LocalCluster,
                                                tmp_path: Path) -> None:
     jobs = f"{local_cluster.ray_dashboard}/api/jobs/"
@@ -176,6 +181,7 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].strip("/"))
 
 
+@pytest.mark.cluster
 def test_web_uis_and_master_listen_on_loopback_only(local_cluster: LocalCluster) -> None:
     master = _get_json(f"{local_cluster.spark_ui}/json/")
     worker_ui = master["workers"][0]["webuiaddress"]
@@ -189,6 +195,7 @@ def test_web_uis_and_master_listen_on_loopback_only(local_cluster: LocalCluster)
         assert all(a.startswith("127.") for a in addresses), (name, port, addresses)
 
 
+@pytest.mark.cluster
 def test_cluster_processes_are_all_found(local_cluster: LocalCluster) -> None:
     # What the teardown check relies on: every daemon is found with its descendants
     # (Ray's raylets and agents), and each recorded pid is among them.
@@ -196,3 +203,64 @@ def test_cluster_processes_are_all_found(local_cluster: LocalCluster) -> None:
     assert set(local_cluster.state["pids"].values()) <= set(seen)
     assert len(seen) > len(local_cluster.state["pids"])
     assert local_cluster.survivors(seen) == sorted(seen)
+
+
+# The script's error paths, without starting anything (fast, no cluster).
+
+def _script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "infra" / "local" / "cluster.py"),
+                           *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.unit
+def test_script_on_a_folder_without_cluster(tmp_path: Path) -> None:
+    down = _script("down", "--dir", str(tmp_path))
+    assert down.returncode == 0 and "no cluster in" in down.stdout  # idempotent
+    status = _script("status", "--dir", str(tmp_path))
+    assert status.returncode == 1 and "no cluster in" in status.stdout
+    kill = _script("kill-ray-worker", "--dir", str(tmp_path))
+    assert kill.returncode == 1
+    assert "no running Ray worker node recorded in" in kill.stderr
+    start = _script("start-ray-worker", "--dir", str(tmp_path))
+    assert start.returncode == 1 and "run `up` first" in start.stderr
+    nothing = _script("up", "--no-spark", "--no-ray", "--dir", str(tmp_path))
+    assert nothing.returncode == 2 and "nothing to start" in nothing.stderr
+    (tmp_path / "cluster.json").write_text("{not json")
+    broken = _script("status", "--dir", str(tmp_path))
+    assert broken.returncode == 1 and "cluster.json is not valid JSON" in broken.stderr
+
+
+@pytest.mark.unit
+def test_readiness_timeout_names_the_component_and_shows_the_log(tmp_path: Path,
+                                                                 request: Any) -> None:
+    procs = request.getfixturevalue("cluster_procs")
+    log = tmp_path / "daemon.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)) + "bind failed: port 7077\n")
+    with pytest.raises(procs.ClusterError) as info:
+        procs.wait_until(lambda: False, "Spark master", 0.6, log)
+    message = str(info.value)
+    assert message.startswith("Spark master: not ready after 1 s")
+    assert "bind failed: port 7077" in message and "line 99" in message
+    assert "line 10\n" not in message  # only the tail
+    with pytest.raises(procs.ClusterError, match="Ray head node: the process exited"):
+        procs.wait_until(lambda: False, "Ray head node", 30, log, alive=lambda: False)
+
+
+@pytest.mark.unit
+def test_stop_groups_kills_a_daemon_with_its_detached_children(tmp_path: Path,
+                                                               request: Any) -> None:
+    # Like a raylet with workers: the child moves to a session (and group) of its own
+    # and ignores SIGTERM, so only the descendant walk and SIGKILL find and stop it.
+    procs = request.getfixturevalue("cluster_procs")
+    script = ("import os, signal, subprocess, sys, time\n"
+              "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'], "
+              "start_new_session=True)\n"
+              "time.sleep(60)\n")
+    pid, start = procs.spawn([sys.executable, "-c", script], tmp_path / "d.log", os.environ)
+    seen = procs.wait_until(lambda: len(procs.owned_processes(pid, start)) == 2 and
+                            procs.owned_processes(pid, start), "child", 20, tmp_path / "d.log")
+    stopped = procs.stop_groups([(pid, start)], grace_s=0.5)
+    assert sorted(stopped) == sorted(seen)
+    assert not [p for p, st in seen.items() if procs.is_alive(p, st)]
+    assert procs.stop_groups([(pid, start)]) == []  # gone: nothing to do, no error
