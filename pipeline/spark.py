@@ -47,6 +47,9 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
         "spark.ui.enabled": str(cfg.ui_enabled).lower(),
         "spark.ui.host": "127.0.0.1",
+        # Spark's own console progress bar writes over the pipeline's stage progress display
+        # (and fills logs with carriage returns); stage progress and log lines replace it.
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.parquet.compression.codec": "zstd",
         # Raw inputs are often thousands of small files (one document or image each). Spark
         # lists more than 32 paths with a job of up to 10,000 tasks and charges every file
