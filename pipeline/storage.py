@@ -221,7 +221,7 @@ def _list_files(fs: AbstractFileSystem, root: str) -> list[str]:
     return sorted(p for p in fs.find(root) if not fs.isdir(p))
 
 
-def _move_tree(fs: AbstractFileSystem, src: str, dst: str) -> None:
+def move_tree(fs: AbstractFileSystem, src: str, dst: str) -> None:
     """Move the folder `src` to `dst` (which must not exist).
 
     A local disk renames the folder. An object store has no folders: a recursive `mv`
@@ -292,7 +292,7 @@ class StageWriter:
                 self.fs.rm(manifest_path)
             self.fs.rm(self.final_path, recursive=True)
         self.fs.makedirs(posixpath.dirname(self.final_path), exist_ok=True)
-        _move_tree(self.fs, self.staging_path, self.final_path)
+        move_tree(self.fs, self.staging_path, self.final_path)
         tmp = posixpath.join(self.final_path, f".{MANIFEST_NAME}.{uuid.uuid4().hex[:8]}")
         with self.fs.open(tmp, "wb") as fh:
             fh.write(manifest.to_json().encode())

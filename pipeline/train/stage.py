@@ -40,7 +40,10 @@ def run_train(ctx: StageContext, task: str) -> StageResult:
     """Train one task and record its result in the stage folder."""
     from pipeline.train.trainer import train_task
 
-    result = train_task(ctx.cfg, task, ctx.run.stage(f"dedup/{task}"), ctx.run)
+    # The stage runs because it has no output yet or because its data or config changed:
+    # checkpoints of an earlier version are moved aside, not resumed (nor refused).
+    result = train_task(ctx.cfg, task, ctx.run.stage(f"dedup/{task}"), ctx.run,
+                        supersede=True)
     body = result.to_json()
     fs, path = filesystem(join(ctx.staging_url, "result.json"))
     with fs.open(path, "wb") as fh:

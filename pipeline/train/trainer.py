@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from pipeline.storage import (
     digest_of,
     filesystem,
     join,
+    move_tree,
     read_manifest,
     write_json_atomic,
 )
@@ -176,10 +178,35 @@ def _run_config(cfg: PipelineConfig, run: RunPaths, task_name: str) -> Any:
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures))
 
 
+def superseded_root(root: str, meta: ckpt.CheckpointMeta) -> str:
+    """Where checkpoints of an earlier version of a stage are kept (named by the config and
+    data digests they were made with)."""
+    parent, name = posixpath.split(root.rstrip("/"))
+    return posixpath.join(parent, "superseded",
+                          f"{name}-{meta.config_digest[:12]}-{meta.data_digest[:12]}")
+
+
+def _supersede(fs: Any, root: str, meta: ckpt.CheckpointMeta, why: str) -> None:
+    """Move a checkpoint folder made from `why` out of the way (Ray Train's run snapshot
+    with it), so that training starts afresh under the same name; nothing is deleted but an
+    older copy of the very same version."""
+    target = superseded_root(root, meta)
+    if fs.exists(target):
+        fs.rm(target, recursive=True)
+    move_tree(fs, root, target)
+    log.warning("checkpoints in %s were made from %s (step %d); moved them to %s and "
+                "training from scratch", _url(fs, root), why, meta.step, _url(fs, target))
+
+
 def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: RunPaths,
-               *, fault: FaultSpec | None = None) -> TrainResult:
+               *, fault: FaultSpec | None = None, supersede: bool = False) -> TrainResult:
     """Train `task_name` on the split stage at `data_stage_url`; resume if the run has a
-    checkpoint. Writes `<run>/reports/train_<task>.json` and returns a TrainResult."""
+    checkpoint. Writes `<run>/reports/train_<task>.json` and returns a TrainResult.
+
+    A checkpoint made from other data or another training configuration is refused with an
+    error naming both digests; with `supersede=True` (the train stage, which re-runs exactly
+    because its data or config changed) it is moved to `checkpoints/superseded/` instead and
+    training starts from scratch."""
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -192,6 +219,9 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
     data_digest = read_manifest(data_stage_url, options).content_digest
     fs, root = filesystem(checkpoint_root(run, task_name), options)
     found = ckpt.latest_checkpoint(fs, root)
+    if found is not None and supersede and found[1].data_digest != data_digest:
+        _supersede(fs, root, found[1], "other data")
+        found = None
     if found is not None:  # before any data work: other data can never be resumed
         ckpt.check_data(found[1], _url(fs, found[0]), data_digest)
 
@@ -207,6 +237,9 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
                                           options=options)))
     resume = resume_config(cfg, task_name, task_state)
     config_digest = digest_of(resume)
+    if found is not None and supersede and found[1].config_digest != config_digest:
+        _supersede(fs, root, found[1], "another training configuration")
+        found = None
     resumed_from = _url(fs, found[0]) if found else None
     if found is not None:
         ckpt.check_resumable(found[1], resumed_from or "", config_digest, data_digest, resume)
