@@ -1,0 +1,192 @@
+"""End to end: the whole default graph on tiny sample data, in local mode.
+
+1. every stage runs (synth, ingest, dedup, reports/dedup, train, evaluate, reports/summary)
+   and the reports exist; a second `pipeline run` does nothing and says so; changing one
+   task's training config re-runs only that train, its evaluate and the summary;
+2. `pipeline run` as a real process is killed (by pid) in the middle of training; the
+   next `pipeline run` resumes from the last checkpoint and ends with the same metrics as
+   an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import PipelineConfig, config_from_dict
+from pipeline.orchestrator import run_pipeline
+from pipeline.storage import RunPaths, read_json, read_manifest
+from pipeline.train.faults import FAULT_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ID = "e2e"
+TASKS = ("text", "images", "transactions")
+
+#: small enough for CI, big enough that every stage has real work (and every split rows)
+TINY: dict[str, Any] = {
+    "run_id": RUN_ID,
+    "synth": {"scale": 0.15, "seed": 5},
+    "spark": {"shuffle_partitions": 2},
+    "ray": {"num_cpus": 2},
+    "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
+              "log_every_steps": 100,
+              "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                       "batch_size": 16},
+              "images": {"image_size": 16, "channels": 8, "batch_size": 16},
+              "transactions": {"hidden": 16, "batch_size": 64}},
+    "evaluate": {"batch_size": 64, "num_samples": 1, "max_new_tokens": 8},
+}
+
+
+def _cfg(root: Path, settings: dict[str, Any], *overrides: str) -> PipelineConfig:
+    return config_from_dict({**settings, "storage": {"root": f"file://{root}"}},
+                            list(overrides))
+
+
+def _states(outcomes: Any) -> dict[str, str]:
+    return {o.name: o.state for o in outcomes}
+
+
+@pytest.fixture(scope="module")
+def whole_run(spark: Any, ray_local: Any, tmp_path_factory: pytest.TempPathFactory
+              ) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("e2e")
+    first = run_pipeline(_cfg(root, TINY))
+    return {"root": root, "first": first, "paths": RunPaths(f"file://{root}", RUN_ID)}
+
+
+@pytest.mark.integration
+def test_whole_graph_runs_every_stage_and_writes_the_reports(whole_run: dict[str, Any]
+                                                             ) -> None:
+    states = _states(whole_run["first"])
+    expected = {"synth", *(f"{kind}/{t}" for kind in ("ingest", "dedup", "train", "evaluate")
+                           for t in TASKS), "reports/dedup", "reports/summary"}
+    assert set(states) == expected
+    assert set(states.values()) == {"ran"}
+    paths: RunPaths = whole_run["paths"]
+    reports = Path(paths.reports.removeprefix("file://"))
+    for name in ("dedup/dedup.html", "summary/index.html",
+                 *(f"evaluate_{t}.html" for t in TASKS), *(f"train_{t}.json" for t in TASKS)):
+        assert (reports / name).stat().st_size > 0, name
+    for task in TASKS:
+        extra = read_manifest(paths.stage(f"evaluate/{task}")).extra
+        finite = [v for v in extra["metrics"].values() if isinstance(v, float)
+                  and math.isfinite(v)]
+        assert finite, f"evaluate/{task} reported no finite metric"
+        assert extra["checkpoint"] and extra["checkpoint_digest"]
+    state = read_json(paths.run_json)
+    assert {s["state"] for s in state["stages"].values()} == {"done"}
+
+
+@pytest.mark.integration
+def test_second_run_is_a_noop_and_one_task_change_reruns_only_its_stages(
+        whole_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    root: Path = whole_run["root"]
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "storage": {"root": f"file://{root}"}}))
+    assert main(["run", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out
+
+    changed = run_pipeline(_cfg(root, TINY, "train.images.lr=0.005"))
+    ran = {name for name, state in _states(changed).items() if state == "ran"}
+    assert ran == {"train/images", "evaluate/images", "reports/summary"}
+    # The old model's checkpoints are kept aside, not resumed with the new settings.
+    checkpoints = root / "runs" / RUN_ID / "checkpoints"
+    assert [p.name.split("-")[0] for p in (checkpoints / "superseded").iterdir()] == [
+        "train_images"]
+
+
+# --- a killed `pipeline run` resumes from its checkpoint ---------------------------------
+
+#: transactions only (the fastest task), 2 epochs with checkpoints every 4 steps, so that
+#: the kill lands mid-training with committed checkpoints behind it
+RESUME: dict[str, Any] = {
+    **TINY, "run_id": "resume", "modalities": ["transactions"],
+    "train": {**TINY["train"], "epochs": 2, "checkpoint_every_steps": 4, "seed": 11,
+              "transactions": {"hidden": 16, "batch_size": 32}},
+}
+HANG_STEP = 6
+
+
+def _pipeline_run(config: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config",
+                             str(config)], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _final_metrics(paths: RunPaths) -> tuple[dict[str, Any], dict[str, Any]]:
+    train = read_manifest(paths.stage("train/transactions")).extra["final_metrics"]
+    evaluate = read_manifest(paths.stage("evaluate/transactions")).extra["metrics"]
+    return train, evaluate
+
+
+def _assert_close(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key.endswith(("_seconds", "_per_s")):  # wall-clock figures, not results
+            continue
+        if isinstance(value, float) and isinstance(got[key], float):
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.chaos
+def test_killed_pipeline_run_resumes_from_the_checkpoint_with_the_same_metrics(
+        spark: Any, ray_local: Any, tmp_path: Path) -> None:
+    reference_root, killed_root = tmp_path / "reference", tmp_path / "killed"
+    run_pipeline(_cfg(reference_root, RESUME))
+    want = _final_metrics(RunPaths(f"file://{reference_root}", "resume"))
+
+    # The data stages are the reference's (copied, so their manifests and cache keys are the
+    # same): the killed run spends its time where the test is, in training.
+    for stage in ("synth", "ingest", "dedup", "reports/dedup"):
+        shutil.copytree(reference_root / "runs" / "resume" / stage,
+                        killed_root / "runs" / "resume" / stage)
+    config = tmp_path / "resume.yaml"
+    config.write_text(yaml.safe_dump({**RESUME, "storage": {"root": f"file://{killed_root}"}}))
+    marker = tmp_path / "hang-reached"
+    env = {**os.environ, FAULT_ENV: f"hang:{HANG_STEP}:0:{marker}"}
+    proc = _pipeline_run(config, env)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+                raise AssertionError(f"pipeline run exited early ({proc.returncode}): {err}")
+            assert time.monotonic() < deadline, "training never reached the hang step"
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, Ray included
+        proc.wait(timeout=60)
+
+    paths = RunPaths(f"file://{killed_root}", "resume")
+    state = read_json(paths.run_json)
+    assert state["stages"].get("dedup/transactions", {}).get("state") != "running"
+    assert state["stages"]["train/transactions"]["state"] == "running"  # killed mid-stage
+    assert "evaluate/transactions" not in state["stages"]
+
+    env.pop(FAULT_ENV)
+    again = _pipeline_run(config, env)
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr.decode()[-3000:]
+    result = json.loads((killed_root / "runs" / "resume" / "train" / "transactions"
+                         / "result.json").read_text())
+    assert result["resumed_from"], "the second run trained from scratch"
+    got = _final_metrics(paths)
+    _assert_close(got[0], want[0])
+    _assert_close(got[1], want[1])
