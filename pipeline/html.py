@@ -179,6 +179,10 @@ def _svg(f: _Frame, title: str, body: list[str]) -> Html:
                 f"<title>{esc(title)}</title>{''.join(body)}</svg>")
 
 
+#: series with at most this many points get a marker on each point
+MARKER_MAX_POINTS = 30
+
+
 def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
                x_label: str = "", y_label: str = "", width: int = 560, height: int = 320,
                vlines: Sequence[tuple[float, str]] = (),
@@ -197,6 +201,11 @@ def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
                        for a, b in zip(sx, sy, strict=True) if math.isfinite(float(b)))
         body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}">'
                     f"<title>{esc(name)}</title></polyline>")
+        finite = [(a, b) for a, b in zip(sx, sy, strict=True) if math.isfinite(float(b))]
+        if len(finite) <= MARKER_MAX_POINTS:  # few points (one epoch): a line alone may be
+            body.extend(  # invisible, so mark each point
+                f'<circle cx="{f.x(float(a)):.1f}" cy="{f.y(float(b)):.1f}" r="3" '
+                f'fill="{color}"/>' for a, b in finite)
         if len(series) > 1 or name:
             ly = f.top + 4 + 14 * i
             body.append(f'<rect x="{f.w - f.right - 130}" y="{ly}" width="10" height="10" '

@@ -15,7 +15,7 @@ import json
 import logging
 import posixpath
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -399,7 +399,3 @@ class RunPaths:
         """Folder of a stage's output; `name` may be nested, e.g. 'ingest/text'."""
         return join(self.run_url, *name.split("/"))
 
-
-def iter_stage_manifests(run: RunPaths, stages: Iterator[str] | list[str]) -> dict[str, str]:
-    """Digest of each published stage's manifest, by stage name (for cache keys)."""
-    return {name: read_manifest(run.stage(name)).digest for name in stages}

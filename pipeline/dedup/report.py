@@ -237,16 +237,17 @@ def render_dedup_html(prepared: Mapping[str, Any]) -> str:
 
 
 def write_dedup_report(figures: Mapping[str, Any], out_html_url: str,
-                       out_json_url: str) -> dict[str, Any]:
+                       out_json_url: str, options: Mapping[str, Any] | None = None
+                       ) -> dict[str, Any]:
     """Write `dedup.html` and `dedup.json`; returns the JSON-ready dict written."""
     prepared = prepare(figures)
     page = render_dedup_html(prepared)
-    fs, path = filesystem(out_html_url)
+    fs, path = filesystem(out_html_url, options)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, "wb") as fh:
         fh.write(page.encode("utf-8"))
     fs.mv(tmp, path)  # readers never see a half-written page
     clean = _jsonable(prepared)
-    write_json_atomic(out_json_url, clean)
+    write_json_atomic(out_json_url, clean, options)
     return clean  # type: ignore[no-any-return]

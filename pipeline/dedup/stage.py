@@ -11,7 +11,7 @@ quality gates before anything is published.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,16 +45,19 @@ class DedupOutput:
     release: Callable[[], None] = lambda: None
 
 
-def read_stage_table(spark: SparkSession, stage_url: str, prefix: str) -> DataFrame:
-    """The Parquet files a published stage lists under `prefix` (e.g. 'curated/')."""
-    files = published_files(stage_url, prefix=prefix, suffix=".parquet")
+def read_stage_table(spark: SparkSession, stage_url: str, prefix: str,
+                     options: Mapping[str, Any] | None = None) -> DataFrame:
+    """The Parquet files a published stage lists under `prefix` (e.g. 'curated/');
+    `options` are the fsspec storage options used to read the manifest."""
+    files = published_files(stage_url, prefix=prefix, suffix=".parquet", options=options)
     if not files:
         raise ValueError(f"{stage_url} lists no Parquet files under {prefix}")
     return spark.read.parquet(*files)
 
 
-def _read_optional(spark: SparkSession, stage_url: str, prefix: str) -> DataFrame:
-    files = published_files(stage_url, prefix=prefix, suffix=".parquet")
+def _read_optional(spark: SparkSession, stage_url: str, prefix: str,
+                   options: Mapping[str, Any] | None = None) -> DataFrame:
+    files = published_files(stage_url, prefix=prefix, suffix=".parquet", options=options)
     return spark.read.parquet(*files) if files else spark.createDataFrame([], QUARANTINE_SCHEMA)
 
 
@@ -98,7 +101,7 @@ def run_dedup(ctx: StageContext, modality: str) -> StageResult:
     spark = ctx.spark
     ingest_url = ctx.run.stage(f"ingest/{modality}")
     ingest = ctx.inputs[f"ingest/{modality}"]
-    curated = read_stage_table(spark, ingest_url, "curated/")
+    curated = read_stage_table(spark, ingest_url, "curated/", ctx.cfg.storage.options)
     out = dedup_modality(spark, modality, curated, ctx.cfg)
     data = assign_split(out.kept, "cluster_id", ctx.cfg.split)
     id_col = ID_COLS[modality]
@@ -120,7 +123,7 @@ def run_dedup(ctx: StageContext, modality: str) -> StageResult:
     kept = spark.read.parquet(join(ctx.staging_url, "data"))
     duplicates = spark.read.parquet(join(ctx.staging_url, "duplicates")) if n_dup else (
         out.duplicates.limit(0))
-    quarantine = _read_optional(spark, ingest_url, "quarantine/")
+    quarantine = _read_optional(spark, ingest_url, "quarantine/", ctx.cfg.storage.options)
     if n_quar:
         quarantine = quarantine.unionByName(spark.read.parquet(join(ctx.staging_url,
                                                                     "quarantine")))
@@ -172,12 +175,15 @@ def _run_report(ctx: StageContext) -> StageResult:
     for name, manifest in ctx.inputs.items():
         modality = name.split("/", 1)[1]
         stage_url = ctx.run.stage(name)
-        kept = read_stage_table(spark, stage_url, "data/")
-        dup_files = published_files(stage_url, prefix="duplicates/", suffix=".parquet")
+        options = ctx.cfg.storage.options
+        kept = read_stage_table(spark, stage_url, "data/", options)
+        dup_files = published_files(stage_url, prefix="duplicates/", suffix=".parquet",
+                                    options=options)
         duplicates = spark.read.parquet(*dup_files) if dup_files else spark.createDataFrame(
             [], "dropped_id string, kept_id string, rule string, similarity double, "
                 "cluster_id string")
-        records = read_stage_table(spark, ctx.run.stage(f"ingest/{modality}"), "curated/")
+        records = read_stage_table(spark, ctx.run.stage(f"ingest/{modality}"), "curated/",
+                                   options)
         id_col = "source" if modality == "transactions" else ID_COLS[modality]
         entry = collect_modality(kept, duplicates, records, id_col=id_col,
                                  content_col=CONTENT_COLS[modality],
@@ -191,7 +197,7 @@ def _run_report(ctx: StageContext) -> StageResult:
     figures = {"run_id": ctx.run.run_id, "config": to_dict(ctx.cfg.dedup),
                "modalities": modalities}
     write_dedup_report(figures, join(ctx.staging_url, "dedup.html"),
-                       join(ctx.staging_url, "dedup.json"))
+                       join(ctx.staging_url, "dedup.json"), ctx.cfg.storage.options)
     final = join(ctx.run.stage("reports/dedup"), "dedup.html")
     return StageResult(row_counts={f"{m}.kept": v["counts"]["kept"]
                                    for m, v in modalities.items()},

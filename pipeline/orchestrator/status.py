@@ -61,9 +61,15 @@ def _metrics_of(name: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(extra.get("metrics"), Mapping):
         return dict(extra["metrics"])
     if name.startswith("train/"):
-        figures = dict(extra.get("final_metrics") or {})
+        final = dict(extra.get("final_metrics") or {})
+        figures: dict[str, Any] = {}
         if extra.get("best_val_loss") is not None:
             figures["best_val_loss"] = extra["best_val_loss"]
+        # Losses and quality figures first; wall-clock and bookkeeping ones say little here.
+        skip = ("epoch", "step", "lr")
+        for key in sorted(final, key=lambda k: (0 if "loss" in k else 1, k)):
+            if key not in skip and not key.endswith(("_seconds", "_per_s")):
+                figures[key] = final[key]
         return figures
     return {}
 
