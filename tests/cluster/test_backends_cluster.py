@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pipeline.config import config_from_dict
+from pipeline.orchestrator import run_pipeline
 from pipeline.storage import read_json, read_manifest
 
 if TYPE_CHECKING:  # conftest is not importable at run time (no packages under tests/)
@@ -32,7 +34,9 @@ def _config(root: Path, raw: Path, **backends: Any) -> dict[str, Any]:
         "ray": {"num_cpus": 4, **backends.get("ray", {})},
         "train": {"epochs": 1, "seed": 0, "warmup_steps": 2, "checkpoint_every_steps": 1000,
                   "log_every_steps": 2, "max_failures": 0,
-                  "scaling": {"num_workers": 2, "use_gpu": "no", "cpus_per_worker": 1},
+                  "scaling": {"num_workers": 2, "use_gpu": "no", "cpus_per_worker": 1,
+                              # on the cluster: one training worker per node
+                              "placement_strategy": backends.get("placement", "PACK")},
                   "transactions": {"hidden": 16, "batch_size": 128}},
     }
 
@@ -66,8 +70,9 @@ def _final_weights(root: Path) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(900)
-def test_cluster_backends_match_local_mode(local_cluster: LocalCluster,
-                                           tmp_path: Path) -> None:
+def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: Any,
+                                           ray_local: Any, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.synth import generate
 
     raw = tmp_path / "raw"
@@ -77,7 +82,9 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster,
     base.update(PIPELINE_HMAC_KEY=FAKE_KEY, SPARK_LOCAL_IP="127.0.0.1",
                 PYTHONHASHSEED="0", RAY_USAGE_STATS_ENABLED="0", COLUMNS="250",
                 PIPELINE_CACHE_DIR=str(tmp_path / "bundles"))
-    _pipeline_run(tmp_path, "local", _config(tmp_path / "local", raw / "transactions"), base)
+    # The local-mode reference runs in this process, on the session's Spark and Ray.
+    monkeypatch.setenv("PIPELINE_HMAC_KEY", FAKE_KEY)
+    run_pipeline(config_from_dict(_config(tmp_path / "local", raw / "transactions")))
 
     cluster_cfg = _config(tmp_path / "cluster", raw / "transactions", spark={
         "backend": "spark-submit", "submit_master": local_cluster.spark_master,
@@ -85,7 +92,7 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster,
                         "--conf", "spark.executor.memory=512m",
                         "--conf", "spark.ui.enabled=false"]},
         ray={"backend": "job", "job_address": local_cluster.ray_dashboard,
-             "job_python": sys.executable})
+             "job_python": sys.executable}, placement="STRICT_SPREAD")
     env = {**base, "RAY_AUTH_TOKEN": local_cluster.token}
     result = _pipeline_run(tmp_path, "cluster", cluster_cfg, env)
     out = result.stdout + result.stderr
@@ -98,6 +105,9 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster,
     reference = read_manifest(f"file://{tmp_path}/local/runs/c/train/transactions")
     assert _learned(trained.extra["final_metrics"]) == _learned(reference.extra["final_metrics"])
     assert trained.extra["best_val_loss"] == reference.extra["best_val_loss"]
+    evaluated = read_manifest(f"file://{tmp_path}/cluster/runs/c/evaluate/transactions")
+    assert evaluated.extra["metrics"] == read_manifest(
+        f"file://{tmp_path}/local/runs/c/evaluate/transactions").extra["metrics"]
     ours_w, ref_w = _final_weights(tmp_path / "cluster"), _final_weights(tmp_path / "local")
     import torch
 
