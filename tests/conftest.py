@@ -40,16 +40,7 @@ def ray_local() -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests for `pytest -n 2 --dist loadgroup` (make test), and skip `gpu` tests on
-    machines without CUDA, saying why.
-
-    A test file runs on one worker, so its module-scoped fixtures (a whole pipeline run,
-    trained models) are built once; every test under tests/cluster/ shares one worker,
-    so the session has one local cluster (its Ray nodes own 127.0.0.2 and 127.0.0.3)."""
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        group = "cluster" if path.startswith("tests/cluster/") else path
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Skip `gpu` tests on machines without CUDA, saying why."""
     try:
         import torch
 

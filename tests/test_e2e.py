@@ -111,12 +111,14 @@ def test_second_run_is_a_noop_and_one_task_change_reruns_only_its_stages(
 
 # --- a killed `pipeline run` resumes from its checkpoint ---------------------------------
 
-#: transactions only (the fastest task), 2 epochs with checkpoints every 4 steps, so that
-#: the kill lands mid-training with committed checkpoints behind it
+#: the whole run's settings, training only transactions (the fastest task), with a
+#: checkpoint every 4 of its ~16 steps so that the kill lands mid-training with committed
+#: checkpoints behind it (checkpoint frequency does not change what is trained)
 RESUME: dict[str, Any] = {
-    **TINY, "run_id": "resume", "modalities": ["transactions"],
-    "train": {**TINY["train"], "epochs": 2, "checkpoint_every_steps": 4, "seed": 11,
-              "transactions": {"hidden": 16, "batch_size": 32}},
+    **TINY,
+    "train": {**TINY["train"], "checkpoint_every_steps": 4,
+              "text": {**TINY["train"]["text"], "enabled": False},
+              "images": {**TINY["train"]["images"], "enabled": False}},
 }
 HANG_STEP = 6
 
@@ -147,16 +149,15 @@ def _assert_close(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 @pytest.mark.chaos
 def test_killed_pipeline_run_resumes_from_the_checkpoint_with_the_same_metrics(
-        spark: Any, ray_local: Any, tmp_path: Path) -> None:
-    reference_root, killed_root = tmp_path / "reference", tmp_path / "killed"
-    run_pipeline(_cfg(reference_root, RESUME))
-    want = _final_metrics(RunPaths(f"file://{reference_root}", "resume"))
-
-    # The data stages are the reference's (copied, so their manifests and cache keys are the
-    # same): the killed run spends its time where the test is, in training.
+        whole_run: dict[str, Any], tmp_path: Path) -> None:
+    # The uninterrupted reference is the whole run's transactions model (same data, same
+    # training settings); the killed run starts from copies of its data stages (same
+    # manifests and cache keys), so it spends its time where the test is, in training.
+    want = _final_metrics(whole_run["paths"])
+    killed_root = tmp_path / "killed"
     for stage in ("synth", "ingest", "dedup", "reports/dedup"):
-        shutil.copytree(reference_root / "runs" / "resume" / stage,
-                        killed_root / "runs" / "resume" / stage)
+        shutil.copytree(whole_run["root"] / "runs" / RUN_ID / stage,
+                        killed_root / "runs" / RUN_ID / stage)
     config = tmp_path / "resume.yaml"
     config.write_text(yaml.safe_dump({**RESUME, "storage": {"root": f"file://{killed_root}"}}))
     marker = tmp_path / "hang-reached"
@@ -177,7 +178,7 @@ def test_killed_pipeline_run_resumes_from_the_checkpoint_with_the_same_metrics(
         os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, Ray included
         proc.wait(timeout=60)
 
-    paths = RunPaths(f"file://{killed_root}", "resume")
+    paths = RunPaths(f"file://{killed_root}", RUN_ID)
     state = read_json(paths.run_json)
     assert state["stages"].get("dedup/transactions", {}).get("state") != "running"
     assert state["stages"]["train/transactions"]["state"] == "running"  # killed mid-stage
@@ -187,7 +188,7 @@ def test_killed_pipeline_run_resumes_from_the_checkpoint_with_the_same_metrics(
     # had to be of a real process, the restart need not be) takes over the dead run's lock
     # and resumes training from the last committed checkpoint.
     assert main(["run", "--config", str(config)]) == 0
-    result = json.loads((killed_root / "runs" / "resume" / "train" / "transactions"
+    result = json.loads((killed_root / "runs" / RUN_ID / "train" / "transactions"
                          / "result.json").read_text())
     assert result["resumed_from"], "the second run trained from scratch"
     got = _final_metrics(paths)
