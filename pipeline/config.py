@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.config_checks import check_values
 from pipeline.config_convert import apply_overrides, build_dataclass, deep_copy
 
 REDACTED = "***"
@@ -338,99 +339,12 @@ class PipelineConfig:
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
 
 
-def _check_values(cfg: PipelineConfig) -> list[str]:
-    """Cross-field and range checks, each returning a sentence naming the key."""
-    p: list[str] = []
-
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            p.append(f"{key}: must be > 0, got {value}")
-
-    def fraction(key: str, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            p.append(f"{key}: must be in [0, 1], got {value}")
-
-    known = ("text", "images", "transactions")
-    for m in cfg.modalities:
-        if m not in known:
-            p.append(f"modalities: unknown modality {m!r}; choose from {', '.join(known)}")
-    if not cfg.modalities:
-        p.append("modalities: at least one modality is needed")
-    positive("synth.scale", cfg.synth.scale)
-    t = cfg.inputs.text
-    positive("inputs.text.max_chars", t.max_chars)
-    if t.min_chars < 0 or t.min_chars > t.max_chars:
-        p.append(f"inputs.text.min_chars: must be in [0, max_chars={t.max_chars}], "
-                 f"got {t.min_chars}")
-    positive("inputs.images.max_pixels", cfg.inputs.images.max_pixels)
-    positive("inputs.images.max_bytes", cfg.inputs.images.max_bytes)
-    positive("inputs.transactions.max_amount", cfg.inputs.transactions.max_amount)
-    positive("spark.shuffle_partitions", cfg.spark.shuffle_partitions)
-    if cfg.ray.backend == "job" and not cfg.ray.job_address:
-        p.append("ray.job_address: needed when ray.backend is 'job' (e.g. "
-                 "http://127.0.0.2:8265)")
-    o = cfg.orchestrator
-    if o.max_attempts < 1:
-        p.append(f"orchestrator.max_attempts: must be >= 1, got {o.max_attempts}")
-    positive("orchestrator.backoff_initial_s", o.backoff_initial_s)
-    if o.backoff_max_s < o.backoff_initial_s:
-        p.append(f"orchestrator.backoff_max_s: must be >= backoff_initial_s "
-                 f"({o.backoff_initial_s}), got {o.backoff_max_s}")
-    positive("orchestrator.lock_stale_s", o.lock_stale_s)
-    if cfg.ray.num_cpus is not None:
-        positive("ray.num_cpus", cfg.ray.num_cpus)
-    d = cfg.dedup
-    for key in ("shingle_n", "num_perm", "bands", "rows", "retry_window_s"):
-        positive(f"dedup.{key}", getattr(d, key))
-    if d.bands * d.rows > d.num_perm:
-        p.append(
-            f"dedup.bands x dedup.rows: {d.bands} x {d.rows} = {d.bands * d.rows} "
-            f"exceeds dedup.num_perm={d.num_perm}"
-        )
-    fraction("dedup.jaccard_threshold", d.jaccard_threshold)
-    if not 0 <= d.phash_max_hamming < 64:
-        p.append(f"dedup.phash_max_hamming: must be in [0, 63], got {d.phash_max_hamming}")
-    if d.dhash_max_hamming is not None and not 0 <= d.dhash_max_hamming < 64:
-        p.append(f"dedup.dhash_max_hamming: must be in [0, 63] or null, got "
-                 f"{d.dhash_max_hamming}")
-    s = cfg.split
-    for key in ("train", "val", "test"):
-        fraction(f"split.{key}", getattr(s, key))
-    if abs(s.train + s.val + s.test - 1.0) > 1e-9:
-        p.append(f"split: train + val + test must sum to 1, got {s.train + s.val + s.test:g}")
-    tr = cfg.train
-    for key in ("epochs", "grad_accum_steps", "checkpoint_every_steps", "keep_best",
-                "log_every_steps"):
-        positive(f"train.{key}", getattr(tr, key))
-    if tr.max_failures < -1:
-        p.append(f"train.max_failures: must be >= -1 (-1 = unlimited), got {tr.max_failures}")
-    positive("train.scaling.num_workers", tr.scaling.num_workers)
-    positive("train.scaling.cpus_per_worker", tr.scaling.cpus_per_worker)
-    for task in ("text", "images", "transactions"):
-        tc = getattr(tr, task)
-        positive(f"train.{task}.batch_size", tc.batch_size)
-        positive(f"train.{task}.lr", tc.lr)
-    if tr.text.d_model % tr.text.n_heads != 0:
-        p.append(
-            f"train.text.d_model: {tr.text.d_model} is not divisible by "
-            f"train.text.n_heads={tr.text.n_heads}"
-        )
-    for key in ("max_quarantine_rate", "max_duplicate_rate", "min_image_accuracy",
-                "min_fraud_pr_auc"):
-        fraction(f"gates.{key}", getattr(cfg.gates, key))
-    p.extend(cfg.spark.problems())
-    p.extend(cfg.ray.problems())
-    p.extend(cfg.gates.problems())
-    p.extend(cfg.evaluate.problems())
-    return p
-
-
 def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> PipelineConfig:
     """Build and validate a `PipelineConfig`; raises one `ConfigError` listing every problem."""
     merged: dict[str, Any] = deep_copy(data)
     problems = apply_overrides(merged, overrides)
     cfg = build_dataclass(PipelineConfig, merged, "", problems)
-    problems.extend(_check_values(cfg))
+    problems.extend(check_values(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg

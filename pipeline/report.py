@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,10 +27,10 @@ from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 from pipeline.storage import (
     Manifest,
     RunPaths,
-    filesystem,
     is_published,
     join,
     read_json,
+    write_bytes_atomic,
     write_json_atomic,
 )
 
@@ -333,12 +332,8 @@ def write_summary(summary: Mapping[str, Any], folder_url: str,
         json.dumps(summary, allow_nan=False)
     except ValueError as exc:
         raise ValueError(f"summary is not strict JSON: {exc}") from exc
-    fs, path = filesystem(join(folder_url, "index.html"), options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as fh:
-        fh.write(render_summary_html(summary).encode("utf-8"))
-    fs.mv(tmp, path)
+    write_bytes_atomic(join(folder_url, "index.html"),
+                       render_summary_html(summary).encode("utf-8"), options)
     write_json_atomic(join(folder_url, "summary.json"), summary, options)
 
 

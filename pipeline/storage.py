@@ -356,14 +356,22 @@ def published_files(stage_url: str, prefix: str = "", suffix: str = "",
             if e.path.startswith(prefix) and e.path.endswith(suffix)]
 
 
-def write_json_atomic(url: str, obj: Any, options: Mapping[str, Any] | None = None) -> None:
-    """Write JSON to a temporary name then move it over `url` (atomic on local disks)."""
+def write_bytes_atomic(url: str, data: bytes, options: Mapping[str, Any] | None = None
+                       ) -> None:
+    """Write `data` to a temporary name then move it over `url`, so readers never see a
+    half-written file (a rename on local disks, one PUT on object stores)."""
     fs, path = filesystem(url, options)
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with fs.open(tmp, "wb") as fh:
-        fh.write((json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+        fh.write(data)
     fs.mv(tmp, path)
+
+
+def write_json_atomic(url: str, obj: Any, options: Mapping[str, Any] | None = None) -> None:
+    """Write JSON to a temporary name then move it over `url` (see write_bytes_atomic)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+    write_bytes_atomic(url, text.encode(), options)
 
 
 def read_json(url: str, options: Mapping[str, Any] | None = None) -> Any:

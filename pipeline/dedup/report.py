@@ -24,8 +24,6 @@ and sha256 and texts cut to `EXCERPT_CHARS`, so it stays small and JSON-clean.
 from __future__ import annotations
 
 import hashlib
-import posixpath
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +31,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline import html as H
-from pipeline.storage import filesystem, write_json_atomic
+from pipeline.storage import write_bytes_atomic, write_json_atomic
 from pipeline.textnorm import jaccard, word_shingles
 
 EXCERPT_CHARS = 600
@@ -241,13 +239,7 @@ def write_dedup_report(figures: Mapping[str, Any], out_html_url: str,
                        ) -> dict[str, Any]:
     """Write `dedup.html` and `dedup.json`; returns the JSON-ready dict written."""
     prepared = prepare(figures)
-    page = render_dedup_html(prepared)
-    fs, path = filesystem(out_html_url, options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as fh:
-        fh.write(page.encode("utf-8"))
-    fs.mv(tmp, path)  # readers never see a half-written page
+    write_bytes_atomic(out_html_url, render_dedup_html(prepared).encode("utf-8"), options)
     clean = _jsonable(prepared)
     write_json_atomic(out_json_url, clean, options)
     return clean  # type: ignore[no-any-return]

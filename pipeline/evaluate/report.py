@@ -18,13 +18,11 @@ threshold), training curves, lineage.
 from __future__ import annotations
 
 import math
-import posixpath
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import html as H
-from pipeline.storage import filesystem, write_json_atomic
+from pipeline.storage import write_bytes_atomic, write_json_atomic
 
 HEADLINE: Mapping[str, tuple[str, ...]] = {
     "text": ("perplexity", "bits_per_byte", "loss", "documents", "bytes"),
@@ -143,11 +141,5 @@ def render_evaluation_html(report: Mapping[str, Any]) -> H.Html:
 def write_evaluation_report(report: Mapping[str, Any], html_url: str, json_url: str,
                             options: Mapping[str, Any] | None = None) -> None:
     """Write the HTML page and the JSON figures, each to a temporary name first."""
-    page = render_evaluation_html(report)
-    fs, path = filesystem(html_url, options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as fh:
-        fh.write(page.encode("utf-8"))
-    fs.mv(tmp, path)  # readers never see a half-written page
+    write_bytes_atomic(html_url, render_evaluation_html(report).encode("utf-8"), options)
     write_json_atomic(json_url, dict(report), options)
