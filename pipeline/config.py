@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.config_checks import check_values
 from pipeline.config_convert import apply_overrides, build_dataclass, deep_copy
+from pipeline.storage import Location
 
 REDACTED = "***"
 _SECRET_KEY_WORDS = ("secret", "password", "token", "credential", "access_key", "key_id")
@@ -43,6 +44,11 @@ class StorageConfig:
     # Extra fsspec storage options (endpoint_url, region...). Credentials belong in the
     # environment (AWS_ACCESS_KEY_ID...), and are redacted here if someone puts them in.
     options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def location(self) -> Location:
+        """The root as a storage handle: the URL together with its options."""
+        return Location(self.root, self.options)
 
 
 @dataclass(frozen=True)
@@ -87,9 +93,6 @@ class InputsConfig:
     images: ImageInputConfig = field(default_factory=ImageInputConfig)
     transactions: TransactionInputConfig = field(default_factory=TransactionInputConfig)
 
-    def without_paths(self, modalities: Sequence[str]) -> tuple[str, ...]:
-        """The modalities among `modalities` with no configured paths: sample data stands in."""
-        return tuple(m for m in modalities if not getattr(self, m).paths)
 
 
 @dataclass(frozen=True)

@@ -26,21 +26,15 @@ def check_values(cfg: PipelineConfig) -> list[str]:
         if not 0.0 <= value <= 1.0:
             p.append(f"{key}: must be in [0, 1], got {value}")
 
-    known = ("text", "images", "transactions")
+    from pipeline import modalities
+
+    known = modalities.names()
     for m in cfg.modalities:
         if m not in known:
             p.append(f"modalities: unknown modality {m!r}; choose from {', '.join(known)}")
     if not cfg.modalities:
         p.append("modalities: at least one modality is needed")
     positive("synth.scale", cfg.synth.scale)
-    t = cfg.inputs.text
-    positive("inputs.text.max_chars", t.max_chars)
-    if t.min_chars < 0 or t.min_chars > t.max_chars:
-        p.append(f"inputs.text.min_chars: must be in [0, max_chars={t.max_chars}], "
-                 f"got {t.min_chars}")
-    positive("inputs.images.max_pixels", cfg.inputs.images.max_pixels)
-    positive("inputs.images.max_bytes", cfg.inputs.images.max_bytes)
-    positive("inputs.transactions.max_amount", cfg.inputs.transactions.max_amount)
     positive("spark.shuffle_partitions", cfg.spark.shuffle_partitions)
     if cfg.ray.backend == "job" and not cfg.ray.job_address:
         p.append("ray.job_address: needed when ray.backend is 'job' (e.g. "
@@ -82,15 +76,12 @@ def check_values(cfg: PipelineConfig) -> list[str]:
         p.append(f"train.max_failures: must be >= -1 (-1 = unlimited), got {tr.max_failures}")
     positive("train.scaling.num_workers", tr.scaling.num_workers)
     positive("train.scaling.cpus_per_worker", tr.scaling.cpus_per_worker)
-    for task in ("text", "images", "transactions"):
-        tc = getattr(tr, task)
-        positive(f"train.{task}.batch_size", tc.batch_size)
-        positive(f"train.{task}.lr", tc.lr)
-    if tr.text.d_model % tr.text.n_heads != 0:
-        p.append(
-            f"train.text.d_model: {tr.text.d_model} is not divisible by "
-            f"train.text.n_heads={tr.text.n_heads}"
-        )
+    for spec in modalities.specs():
+        if spec.training is not None:
+            tc = spec.training.config(cfg)
+            positive(f"train.{spec.name}.batch_size", tc.batch_size)
+            positive(f"train.{spec.name}.lr", tc.lr)
+        p.extend(spec.config_problems(cfg))
     for key in ("max_quarantine_rate", "max_duplicate_rate", "min_image_accuracy",
                 "min_fraud_pr_auc"):
         fraction(f"gates.{key}", getattr(cfg.gates, key))

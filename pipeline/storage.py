@@ -52,9 +52,9 @@ def to_url(path_or_url: str | Path) -> str:
     return "file://" + str(Path(text).resolve())
 
 
-def filesystem(url: str,
-               options: Mapping[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
-    """The fsspec filesystem for `url` and the path inside it."""
+def _filesystem(url: str,
+                options: Mapping[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem for `url` and the path inside it (use `Location`)."""
     url = to_url(url)
     opts = dict(options or {})
     if url.startswith("file://"):
@@ -66,6 +66,143 @@ def filesystem(url: str,
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a URL with '/', whatever the filesystem."""
     return posixpath.join(to_url(url).rstrip("/"), *parts)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in storage: a URL and the fsspec options that reach it, as one value.
+
+    Every file or folder the pipeline reads or writes is a Location, so the options
+    (`endpoint_url`, region, ...) of `storage.options` travel with the URL into every
+    call, Spark executor and Ray worker (it pickles) instead of being threaded by hand.
+    It works like datatrove's `DataFolder`: `loc / "curated"` is a child, `loc.open()`,
+    `loc.read_json()`, `loc.write_json()` do the I/O. Credentials never belong in
+    `options`: they come from the environment of the process that does the I/O.
+    """
+
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        url = to_url(self.url)
+        if not url.endswith(":///"):
+            url = url.rstrip("/")
+        object.__setattr__(self, "url", url)
+        object.__setattr__(self, "options", dict(self.options or {}))
+
+    def __hash__(self) -> int:
+        return hash((self.url, canonical_json(self.options)))
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __truediv__(self, rel: str) -> Location:
+        return self.join(*rel.split("/"))
+
+    def join(self, *parts: str) -> Location:
+        """The location `parts` below this one (a nested name like 'ingest/text' works)."""
+        return Location(join(self.url, *[p for part in parts for p in part.split("/") if p]),
+                        self.options)
+
+    def at(self, url: str) -> Location:
+        """Another URL on the same store (same options), e.g. one a manifest recorded."""
+        return Location(url, self.options)
+
+    @property
+    def protocol(self) -> str:
+        return self.url.split("://", 1)[0]
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url.rstrip("/"))
+
+    @property
+    def parent(self) -> Location:
+        return Location(posixpath.dirname(self.url.rstrip("/")), self.options)
+
+    def filesystem(self) -> tuple[AbstractFileSystem, str]:
+        """The fsspec filesystem and the path inside it."""
+        return _filesystem(self.url, self.options)
+
+    @property
+    def fs(self) -> AbstractFileSystem:
+        return self.filesystem()[0]
+
+    @property
+    def path(self) -> str:
+        return self.filesystem()[1]
+
+    def arrow_filesystem(self) -> tuple[Any, str]:
+        """A pyarrow filesystem and path (local disks natively; others through fsspec)."""
+        import pyarrow.fs as pafs
+
+        if self.is_local:
+            return pafs.LocalFileSystem(), self.url[len("file://"):]
+        fs, path = self.filesystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+    def url_of(self, path: str) -> str:
+        """The URL of a path inside this location's filesystem (as `fs.find` gives it)."""
+        return f"file://{path}" if self.is_local else f"{self.protocol}://{path}"
+
+    def exists(self) -> bool:
+        fs, path = self.filesystem()
+        return bool(fs.exists(path))
+
+    def is_file(self) -> bool:
+        fs, path = self.filesystem()
+        return bool(fs.isfile(path))
+
+    def size(self) -> int:
+        fs, path = self.filesystem()
+        return int(fs.size(path))
+
+    def open(self, mode: str = "rb") -> Any:
+        """A file object (binary modes; the parent folder is created for writes)."""
+        fs, path = self.filesystem()
+        return fs.open(path, mode)
+
+    def read_bytes(self) -> bytes:
+        with self.open("rb") as fh:
+            return bytes(fh.read())
+
+    def read_json(self) -> Any:
+        """The JSON document at this location; FileNotFoundError when there is none."""
+        return json.loads(self.read_bytes().decode())
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write `data` to a temporary name then move it here, so readers never see a
+        half-written file (a rename on local disks, one PUT on object stores)."""
+        fs, path = self.filesystem()
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+
+    def write_json(self, obj: Any) -> None:
+        """Write `obj` as indented, key-sorted JSON, atomically (see `write_bytes`)."""
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
+        self.write_bytes(text.encode())
+
+    def files(self) -> list[Location]:
+        """Every file at or below this location, sorted (empty when there is none)."""
+        fs, root = self.filesystem()
+        if not fs.exists(root):
+            return []
+        if fs.isfile(root):
+            return [self]
+        return [Location(self.url_of(p), self.options) for p in _list_files(fs, root)]
+
+    def remove(self) -> None:
+        """Delete this file or folder (recursively); nothing happens when it is absent."""
+        fs, path = self.filesystem()
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -243,19 +380,18 @@ class StageWriter:
 
     Usage::
 
-        writer = StageWriter(stage_url, stage="ingest/text")
-        write files under writer.staging_url ...
+        writer = StageWriter(run.stage("ingest/text"), stage="ingest/text")
+        write files under writer.staging ...
         manifest = writer.publish(row_counts={...}, inputs={...}, cache_key=key)
 
     If the process dies before `publish`, only a `_staging/` folder is left; readers never
     look there and the next writer of the same stage removes it.
     """
 
-    def __init__(self, stage_url: str, stage: str,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, target: Location, stage: str) -> None:
         self.stage = stage
-        self.stage_url = to_url(stage_url).rstrip("/")
-        self.fs, self.final_path = filesystem(self.stage_url, options)
+        self.target = target
+        self.fs, self.final_path = target.filesystem()
         parent, name = posixpath.split(self.final_path)
         staging_root = posixpath.join(parent, STAGING_DIR)
         for stale in self.fs.glob(posixpath.join(staging_root, f"{name}-*")):
@@ -263,8 +399,8 @@ class StageWriter:
             self.fs.rm(stale, recursive=True)
         self.staging_path = posixpath.join(staging_root, f"{name}-{uuid.uuid4().hex[:12]}")
         self.fs.makedirs(self.staging_path, exist_ok=True)
-        protocol = self.stage_url.split("://", 1)[0]
-        self.staging_url = f"{protocol}://{self.staging_path}"
+        #: where the stage writes its files before `publish`
+        self.staging = target.at(target.url_of(self.staging_path))
 
     def publish(self, row_counts: Mapping[str, int] | None = None,
                 schemas: Mapping[str, str] | None = None,
@@ -307,103 +443,79 @@ class StageWriter:
             self.fs.rm(self.staging_path, recursive=True)
 
 
-def read_manifest(stage_url: str, options: Mapping[str, Any] | None = None) -> Manifest:
+def read_manifest(stage: Location) -> Manifest:
     """The manifest of a published stage; `MissingManifestError` when it was never published."""
-    fs, path = filesystem(stage_url, options)
-    manifest_path = posixpath.join(path, MANIFEST_NAME)
     try:
-        with fs.open(manifest_path, "rb") as fh:
-            text = fh.read().decode()
+        text = (stage / MANIFEST_NAME).read_bytes().decode()
     except FileNotFoundError:
         raise MissingManifestError(
-            f"{stage_url} has no {MANIFEST_NAME}: the stage did not finish publishing"
+            f"{stage.url} has no {MANIFEST_NAME}: the stage did not finish publishing"
         ) from None
     return Manifest.from_json(text)
 
 
-def is_published(stage_url: str, options: Mapping[str, Any] | None = None) -> bool:
+def is_published(stage: Location) -> bool:
     try:
-        read_manifest(stage_url, options)
+        read_manifest(stage)
     except (MissingManifestError, ManifestMismatchError):
         return False
     return True
 
 
-def verify_stage(stage_url: str, options: Mapping[str, Any] | None = None) -> Manifest:
+def verify_stage(stage: Location) -> Manifest:
     """Re-digest every listed file; raise `ManifestMismatchError` naming the first bad one."""
-    manifest = read_manifest(stage_url, options)
-    fs, root = filesystem(stage_url, options)
+    manifest = read_manifest(stage)
+    fs, root = stage.filesystem()
     for entry in manifest.files:
         path = posixpath.join(root, entry.path)
         if not fs.exists(path):
-            raise ManifestMismatchError(f"{stage_url}: {entry.path} listed but missing")
+            raise ManifestMismatchError(f"{stage.url}: {entry.path} listed but missing")
         size = int(fs.size(path))
         if size != entry.size:
             raise ManifestMismatchError(
-                f"{stage_url}: {entry.path} has {size} bytes, manifest says {entry.size}")
+                f"{stage.url}: {entry.path} has {size} bytes, manifest says {entry.size}")
         actual = file_digest(fs, path)
         if actual != entry.sha256:
             raise ManifestMismatchError(
-                f"{stage_url}: {entry.path} sha256 {actual[:12]} != manifest {entry.sha256[:12]}")
+                f"{stage.url}: {entry.path} sha256 {actual[:12]} != manifest {entry.sha256[:12]}")
     return manifest
 
 
-def published_files(stage_url: str, prefix: str = "", suffix: str = "",
-                    options: Mapping[str, Any] | None = None) -> list[str]:
-    """URLs of the files a stage's manifest lists (optionally under `prefix`), in order."""
-    manifest = read_manifest(stage_url, options)
-    return [join(stage_url, e.path) for e in manifest.files
+def published_files(stage: Location, prefix: str = "", suffix: str = "") -> list[Location]:
+    """The files a stage's manifest lists (optionally under `prefix`), in order."""
+    manifest = read_manifest(stage)
+    return [stage / e.path for e in manifest.files
             if e.path.startswith(prefix) and e.path.endswith(suffix)]
-
-
-def write_bytes_atomic(url: str, data: bytes, options: Mapping[str, Any] | None = None
-                       ) -> None:
-    """Write `data` to a temporary name then move it over `url`, so readers never see a
-    half-written file (a rename on local disks, one PUT on object stores)."""
-    fs, path = filesystem(url, options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as fh:
-        fh.write(data)
-    fs.mv(tmp, path)
-
-
-def write_json_atomic(url: str, obj: Any, options: Mapping[str, Any] | None = None) -> None:
-    """Write JSON to a temporary name then move it over `url` (see write_bytes_atomic)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n"
-    write_bytes_atomic(url, text.encode(), options)
-
-
-def read_json(url: str, options: Mapping[str, Any] | None = None) -> Any:
-    fs, path = filesystem(url, options)
-    with fs.open(path, "rb") as fh:
-        return json.loads(fh.read().decode())
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The run layout of DESIGN.md: `<root>/runs/<run_id>/...`."""
+    """The run layout: `<root>/runs/<run_id>/...`, each place a `Location`."""
 
-    root: str
+    root: Location
     run_id: str
 
     @property
+    def run(self) -> Location:
+        """The run's folder."""
+        return self.root.join("runs", self.run_id)
+
+    @property
     def run_url(self) -> str:
-        return join(self.root, "runs", self.run_id)
+        return self.run.url
 
     @property
-    def run_json(self) -> str:
-        return join(self.run_url, "run.json")
+    def run_json(self) -> Location:
+        return self.run / "run.json"
 
     @property
-    def checkpoints(self) -> str:
-        return join(self.run_url, "checkpoints")
+    def checkpoints(self) -> Location:
+        return self.run / "checkpoints"
 
     @property
-    def reports(self) -> str:
-        return join(self.run_url, "reports")
+    def reports(self) -> Location:
+        return self.run / "reports"
 
-    def stage(self, name: str) -> str:
+    def stage(self, name: str) -> Location:
         """Folder of a stage's output; `name` may be nested, e.g. 'ingest/text'."""
-        return join(self.run_url, *name.split("/"))
-
+        return self.run / name

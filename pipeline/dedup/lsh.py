@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +57,9 @@ from pipeline.dedup.minhash import (
     perm_params,
     shingle_hashes,
 )
+
+if TYPE_CHECKING:
+    from pipeline.modalities import DedupOutput
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +259,19 @@ def text_near_dedup(spark: SparkSession, docs: DataFrame, cfg: DedupConfig,
     duplicates = with_sim.select(*duplicates_frame(
         F.col("dropped"), F.col("kept"), "near_dup", F.col("sim"), F.col("component")))
     return NearDupResult(kept=kept, duplicates=duplicates, pairs=scored)
+
+
+def text_dedup(spark: SparkSession, curated: DataFrame, cfg: DedupConfig) -> DedupOutput:
+    """The text modality's dedup: exact (content hash), then MinHash-LSH near-duplicates
+    of the exact survivors; duplicates of both rules point at the final kept document."""
+    from pipeline.dedup.exact import exact_dedup, remap_clusters
+    from pipeline.modalities import DedupOutput  # noqa: F811 (runtime import)
+
+    kept_exact, dup_exact = exact_dedup(curated, "doc_id", "content_hash")
+    # The near-dup stage scans its input several times: keep the exact-dedup shuffle
+    # from being recomputed for each scan.
+    kept_exact = kept_exact.persist()
+    near = text_near_dedup(spark, kept_exact, cfg)
+    duplicates = remap_clusters(dup_exact, near.kept, "doc_id", later=near.duplicates
+                                ).unionByName(near.duplicates)
+    return DedupOutput(near.kept, duplicates, None, kept_exact.unpersist)

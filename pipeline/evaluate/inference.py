@@ -45,41 +45,42 @@ from pipeline.train.tasks.text import BOS_ID, EOS_ID, N_BYTES, PAD_ID, TextLMTas
 if TYPE_CHECKING:
     import ray.data
 
-ID_COLUMN: Mapping[str, str] = {"text": "doc_id", "images": "image_id",
-                                "transactions": "txn_id"}
-#: input columns a table must have (besides the id) for each task
-FEATURE_COLUMNS: Mapping[str, tuple[str, ...]] = {
-    "text": ("text",),
-    "images": ("bytes",),
-    "transactions": ("amount", "ts", "mcc", "country", "currency", "velocity_1h",
-                     "velocity_24h"),
-}
-#: ground-truth columns, used when present (evaluation needs them, batch inference not)
-LABEL_COLUMN: Mapping[str, str] = {"images": "label", "transactions": "is_fraud"}
+    from pipeline.modalities import EvaluationSpec
+
 #: a pass-through row key (unique per input row) that makes the sort order total
 ORDER_COLUMN = "_order"
 #: a pass-through tag of the split a row came from (several splits scored in one pass)
 SPLIT_COLUMN = "_split"
 LINEAGE_COLUMNS = ("model_checkpoint", "model_digest")
 PROB_PREFIX = "prob_"
-PREDICTION_SCHEMA_DOC: Mapping[str, str] = {
-    "text": "doc_id: string, n_bytes: int64, nll_bits: float64, eos_nll_bits: float64",
-    "images": "image_id: string, label: string (nullable), pred_label: string, "
-              "confidence: float64, nll: float64 (nullable), prob_<class>: float64 per class",
-    "transactions": "txn_id: string, is_fraud: bool (nullable), fraud_score: float64",
-}
 
 
-def required_columns(task_name: str) -> tuple[str, ...]:
-    """Columns an input table must have to be scored by `task_name`'s model."""
-    return (ID_COLUMN[task_name], *FEATURE_COLUMNS[task_name])
+def evaluation_of(modality: str) -> EvaluationSpec:
+    """The evaluation spec of `modality`; ValueError when it has no trained model."""
+    from pipeline import modalities
+
+    spec = modalities.get(modality).evaluation
+    if spec is None:
+        raise ValueError(f"modality {modality!r} has no model to score")
+    return spec
 
 
-def input_columns(task_name: str, available: Any = None) -> list[str]:
+def id_column(modality: str) -> str:
+    from pipeline import modalities
+
+    return modalities.get(modality).id_column
+
+
+def required_columns(modality: str) -> tuple[str, ...]:
+    """Columns an input table must have to be scored by `modality`'s model."""
+    return (id_column(modality), *evaluation_of(modality).feature_columns)
+
+
+def input_columns(modality: str, available: Any = None) -> list[str]:
     """Columns to read: the required ones, plus the label when `available` has it (or
     always, when `available` is None)."""
-    cols = list(required_columns(task_name))
-    label = LABEL_COLUMN.get(task_name)
+    cols = list(required_columns(modality))
+    label = evaluation_of(modality).label_column
     if label and (available is None or label in available):
         cols.append(label)
     return cols
@@ -117,7 +118,7 @@ def document_windows(texts: pa.Array | pa.ChunkedArray, seq_len: int
     return out, doc, n
 
 
-def _text(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+def text_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
     task = trained.task
     assert isinstance(task, TextLMTask)
     seq_len = task.seq_len
@@ -143,7 +144,7 @@ def _numpy(table: pa.Table) -> dict[str, np.ndarray]:
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
 
 
-def _images(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+def image_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
     task = trained.task
     assert isinstance(task, ImageClassifierTask)
     labels = task.labels
@@ -176,8 +177,8 @@ def _images(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any
     return cols
 
 
-def _transactions(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
-    batch = _numpy(table.select(list(FEATURE_COLUMNS["transactions"])))
+def transaction_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+    batch = _numpy(table.select(list(evaluation_of("transactions").feature_columns)))
     # The task's raw-row conversion also builds the training target; it is not used here.
     batch["is_fraud"] = np.zeros(table.num_rows, dtype=np.float32)
     scores = []
@@ -193,17 +194,14 @@ def _transactions(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[st
             "fraud_score": pa.array(np.concatenate(scores) if scores else np.zeros(0))}
 
 
-_SCORERS = {"text": _text, "images": _images, "transactions": _transactions}
-
-
 def predict_batch(trained: TrainedModel, table: pa.Table, chunk: int = 256) -> pa.Table:
     """Prediction columns (see the module docstring) of one Arrow batch of input rows,
     scored `chunk` rows (text: windows) at a time."""
     name = trained.meta.task
     table = numpy_friendly(table)
-    id_col = ID_COLUMN[name]
+    id_col = id_column(name)
     cols: dict[str, Any] = {id_col: table.column(id_col).cast(pa.string())}
-    cols.update(_SCORERS[name](trained, table, max(1, chunk)))
+    cols.update(evaluation_of(name).score(trained, table, max(1, chunk)))
     n = table.num_rows
     cols["model_checkpoint"] = pa.array([trained.checkpoint_url] * n, pa.string())
     cols["model_digest"] = pa.array([trained.checkpoint_digest] * n, pa.string())
@@ -266,7 +264,7 @@ def collect_sorted(ds: ray.data.Dataset, task_name: str) -> pa.Table:
     """All prediction rows on the driver, sorted by id (then row key), without the key."""
     import ray
 
-    id_col = ID_COLUMN[task_name]
+    id_col = id_column(task_name)
     parts = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not parts:
         return pa.table({id_col: pa.array([], pa.string())})
@@ -281,7 +279,7 @@ def stream_sorted(ds: ray.data.Dataset, task_name: str, batch_rows: int = 65_536
     to the driver in order: for tables whose predictions need not fit in memory."""
     from ray.data import DataContext
 
-    id_col = ID_COLUMN[task_name]
+    id_col = id_column(task_name)
     ctx = DataContext.get_current()
     before = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # blocks in sorted order, not as finished

@@ -24,14 +24,6 @@ from typing import Any
 from pipeline import html as H
 from pipeline.storage import write_bytes_atomic, write_json_atomic
 
-HEADLINE: Mapping[str, tuple[str, ...]] = {
-    "text": ("perplexity", "bits_per_byte", "loss", "documents", "bytes"),
-    "images": ("accuracy", "macro_f1", "loss", "rows", "unknown_label_rows"),
-    "transactions": ("roc_auc", "pr_auc", "threshold", "precision", "recall", "f1",
-                     "val_f1", "rows", "positives"),
-}
-
-
 def _value(v: Any) -> Any:
     return "undefined" if v is None else v
 
@@ -63,7 +55,7 @@ def _history(history: Sequence[Mapping[str, float]]) -> list[H.Html]:
                          y_label="loss"), H.table(rows, ["epoch", *keys])]
 
 
-def _text(report: Mapping[str, Any]) -> list[H.Html]:
+def text_section(report: Mapping[str, Any]) -> list[H.Html]:
     samples = report.get("samples") or []
     if not samples:
         return [H.paragraph("No samples generated (evaluate.num_samples = 0).", "muted")]
@@ -73,7 +65,8 @@ def _text(report: Mapping[str, Any]) -> list[H.Html]:
             H.table(rows, ["prompt", "model continuation", "actual text"], css_class="pair")]
 
 
-def _images(details: Mapping[str, Any]) -> list[H.Html]:
+def image_section(report: Mapping[str, Any]) -> list[H.Html]:
+    details: Mapping[str, Any] = report.get("details", {})
     labels = list(details.get("labels", []))
     per_class = list(details.get("per_class", []))
     out = [H.bar_chart(labels, [_number(r.get("f1")) for r in per_class],
@@ -86,7 +79,7 @@ def _images(details: Mapping[str, Any]) -> list[H.Html]:
     return out
 
 
-def _transactions(report: Mapping[str, Any]) -> list[H.Html]:
+def transaction_section(report: Mapping[str, Any]) -> list[H.Html]:
     d, m = report.get("details", {}), report.get("metrics", {})
     roc, pr = d.get("roc", {}), d.get("pr", {})
     out = [H.paragraph(f"Decision threshold {H.fmt(m.get('threshold'))} "
@@ -116,17 +109,18 @@ def _transactions(report: Mapping[str, Any]) -> list[H.Html]:
 
 def render_evaluation_html(report: Mapping[str, Any]) -> H.Html:
     """The report page of one task."""
+    from pipeline import modalities
+
     task = str(report["task"])
+    spec = modalities.get(task).evaluation
     metrics = report.get("metrics", {})
-    headline = {k: _value(metrics.get(k)) for k in HEADLINE.get(task, ()) if k in metrics}
+    shown = spec.headline if spec is not None else ()
+    headline = {k: _value(metrics.get(k)) for k in shown if k in metrics}
     body: list[H.Html] = [H.section("headline figures (test split)", H.key_values(headline)),
                           H.section("gates", _gates(report.get("gates", [])))]
-    if task == "text":
-        body.append(H.section("generated samples", *_text(report)))
-    elif task == "images":
-        body.append(H.section("per-class figures", *_images(report.get("details", {}))))
-    elif task == "transactions":
-        body.append(H.section("scores and threshold", *_transactions(report)))
+    if spec is not None and spec.report_section is not None:
+        title, section = spec.report_section
+        body.append(H.section(title, *section(report)))
     body.append(H.section("training", *_history(report.get("history", []))))
     lineage = {"checkpoint": report.get("checkpoint"),
                "model.pt sha256": report.get("checkpoint_digest"),

@@ -37,6 +37,7 @@ or account, and quarantine `raw` has the parsed card/account values replaced lit
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
 from decimal import Decimal
@@ -103,6 +104,12 @@ def resolve_hmac_key(cfg: TransactionInputConfig, local_mode: bool) -> bytes:
         return DEV_HMAC_KEY
     raise RuntimeError(f"environment variable {cfg.hmac_key_env} is not set; it must hold the "
                        "secret key for card/account tokens (inputs.transactions.hmac_key_env)")
+
+
+def hmac_key_id(key: bytes) -> str:
+    """A non-secret fingerprint of the HMAC key: tokens change when the key does, so the key
+    must be part of the cache key; this id is safe to store, the key is not."""
+    return hmac.new(key, b"pipeline/hmac-key-id", hashlib.sha256).hexdigest()[:12]
 
 
 def hmac_pads(key: bytes) -> tuple[bytes, bytes]:

@@ -1,20 +1,25 @@
-"""The stage graph: each stage is a small unit with one `run` entry point.
+"""Stage types: each stage is a small unit with one `run` entry point.
 
 A stage declares its upstream stages, the slice of the configuration that determines its
-output (part of its cache key) and a `run` function that writes files under the staging
+output (part of its cache key) and a `run` function that writes files into the output
 folder it is given and returns the figures to put in its manifest. The runner does the
-rest: cache keys, publication, run.json state.
+rest: cache keys, publication, run.json state. The orchestrator knows no concrete stage:
+the default graph is built in pipeline.graph.
+
+A stage made by a module-level factory carries a reference to it (`factory`, `args`), so
+that a spark-submit or Ray job can rebuild exactly that stage in its own process.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config import PipelineConfig, to_dict
-from pipeline.storage import Manifest, RunPaths
+from pipeline.storage import Location, Manifest, RunPaths
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -24,11 +29,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageContext:
-    """What a stage's `run` gets: config, run layout, staging folder, upstream manifests."""
+    """What a stage's `run` gets: config, run layout, its output folder, upstream manifests.
+
+    `output` is the stage's private staging folder: everything written there is published
+    with the manifest when `run` returns, and dropped when it raises."""
 
     cfg: PipelineConfig
     run: RunPaths
-    staging_url: str
+    output: Location
     inputs: Mapping[str, Manifest]
     _spark: Callable[[], SparkSession]
 
@@ -36,6 +44,10 @@ class StageContext:
     def spark(self) -> SparkSession:
         """The SparkSession, created on first use (stages without Spark never start one)."""
         return self._spark()
+
+    def input(self, name: str) -> Location:
+        """The published folder of upstream stage `name`."""
+        return self.run.stage(name)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,10 @@ class StageResult:
     schemas: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
+
+
+class UnknownStageError(ValueError):
+    """A stage reference that names no stage (a job cannot rebuild it)."""
 
 
 @dataclass(frozen=True)
@@ -60,16 +76,35 @@ class Stage:
     # "spark" (ingest, dedup: local or spark-submit), "ray" (train, evaluate: local or a
     # Ray job) or "local" (plain Python in this process).
     kind: Literal["local", "spark", "ray"] = "local"
+    # "module:function" that built this stage and its arguments: what a job calls to
+    # rebuild it in another process. Empty for stages made ad hoc (they run locally only).
+    factory: str = ""
+    args: tuple[str, ...] = ()
+
+
+def stage_from_factory(factory: str, args: tuple[str, ...] | list[str], name: str) -> Stage:
+    """Rebuild a stage from its factory reference; `UnknownStageError` when the reference
+    does not resolve or builds a stage of another name."""
+    module, _, func = factory.partition(":")
+    try:
+        made = getattr(importlib.import_module(module), func)(*args)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise UnknownStageError(f"stage {name!r}: factory {factory}{tuple(args)} cannot be "
+                                f"called here: {exc}") from None
+    if not isinstance(made, Stage) or made.name != name:
+        got = made.name if isinstance(made, Stage) else type(made).__name__
+        raise UnknownStageError(f"factory {factory}{tuple(args)} built {got!r}, not the "
+                                f"stage {name!r}")
+    return made
 
 
 def _run_synth(ctx: StageContext) -> StageResult:
-    from pipeline.storage import filesystem
     from pipeline.synth import generate
 
-    fs, path = filesystem(ctx.staging_url)
-    modalities = _synth_modalities(ctx.cfg)
+    modalities = synth_modalities(ctx.cfg)
     scale, seed = ctx.cfg.synth.scale, ctx.cfg.synth.seed
-    if ctx.staging_url.startswith("file://"):
+    fs, path = ctx.output.filesystem()
+    if ctx.output.is_local:
         gt = generate(path, scale=scale, seed=seed, modalities=modalities)
     else:
         import tempfile
@@ -83,29 +118,21 @@ def _run_synth(ctx: StageContext) -> StageResult:
     return StageResult(row_counts=counts, summary=summary)
 
 
-def _synth_modalities(cfg: PipelineConfig) -> tuple[str, ...]:
-    return cfg.inputs.without_paths(cfg.modalities)
+def synth_modalities(cfg: PipelineConfig) -> tuple[str, ...]:
+    """The run's modalities that have no configured paths and can generate sample data."""
+    from pipeline import modalities
+
+    return tuple(m for m in cfg.modalities
+                 if (spec := modalities.find(m)) is not None and spec.synth is not None
+                 and not spec.input_config(cfg).paths)
 
 
 def synth_stage() -> Stage:
     return Stage(
         name="synth",
         run=_run_synth,
-        config_of=lambda cfg: {**to_dict(cfg.synth), "modalities": _synth_modalities(cfg)},
-        enabled=lambda cfg: bool(_synth_modalities(cfg)),
+        config_of=lambda cfg: {**to_dict(cfg.synth), "modalities": synth_modalities(cfg)},
+        enabled=lambda cfg: bool(synth_modalities(cfg)),
         description="generate sample raw data (only when no inputs are configured)",
+        factory="pipeline.orchestrator.stages:synth_stage",
     )
-
-
-def default_stages() -> list[Stage]:
-    """The pipeline's stages in execution order."""
-    from pipeline.dedup.stage import dedup_report_stage, dedup_stage
-    from pipeline.evaluate.stage import evaluate_stage
-    from pipeline.ingest.stage import MODALITIES, ingest_stage
-    from pipeline.report import summary_report_stage
-    from pipeline.train.stage import train_stage
-
-    return [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
-            *(dedup_stage(m) for m in MODALITIES), dedup_report_stage(MODALITIES),
-            *(train_stage(m) for m in MODALITIES), *(evaluate_stage(m) for m in MODALITIES),
-            summary_report_stage(MODALITIES)]

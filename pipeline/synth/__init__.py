@@ -27,9 +27,7 @@ from pipeline.synth.common import (
     ModalityResult,
     PlantedDuplicate,
 )
-from pipeline.synth.images import generate_images
-from pipeline.synth.text import generate_text
-from pipeline.synth.transactions import generate_transactions, luhn_valid
+from pipeline.synth.transactions import luhn_valid
 
 __all__ = [
     "MODALITIES",
@@ -43,11 +41,13 @@ __all__ = [
 
 GROUND_TRUTH_FILE = "ground_truth.json"
 
-_GENERATORS: dict[str, Callable[[pathlib.Path, float, int], ModalityResult]] = {
-    "text": generate_text,
-    "images": generate_images,
-    "transactions": generate_transactions,
-}
+
+
+def _generator(modality: str) -> Callable[[pathlib.Path, float, int], ModalityResult] | None:
+    from pipeline import modalities
+
+    spec = modalities.find(modality)
+    return spec.synth if spec is not None else None
 
 
 def generate(
@@ -65,15 +65,20 @@ def generate(
     """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    unknown = [m for m in modalities if m not in _GENERATORS]
+    from pipeline import modalities as registry
+
+    unknown = [m for m in modalities if _generator(m) is None]
     if unknown:
-        raise ValueError(f"unknown modalities {unknown}; choose from {list(MODALITIES)}")
+        known = [s.name for s in registry.specs() if s.synth is not None]
+        raise ValueError(f"unknown modalities {unknown}; choose from {known}")
     root = pathlib.Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     # Canonical order, so the ground truth does not depend on how the caller listed them.
-    chosen = [m for m in MODALITIES if m in modalities]
+    chosen = [m for m in registry.names() if m in modalities]
     truth = GroundTruth(seed=seed, scale=scale, modalities=chosen)
     for modality in chosen:
-        truth.add(modality, _GENERATORS[modality](root, scale, seed))
+        generate_one = _generator(modality)
+        assert generate_one is not None
+        truth.add(modality, generate_one(root, scale, seed))
     truth.to_json(root / GROUND_TRUTH_FILE)
     return truth

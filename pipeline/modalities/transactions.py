@@ -1,0 +1,177 @@
+"""The transactions modality: card-transaction CSV / JSONL -> a fraud classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pipeline.gates import GateSpec
+from pipeline.ingest.reasons import TRANSACTION_REASONS
+from pipeline.modalities.spec import (
+    DedupOutput,
+    DedupReportSpec,
+    EvaluationSpec,
+    IngestRequest,
+    ModalitySpec,
+    QualitySpec,
+    TrainingSpec,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+    from pipeline.config import PipelineConfig, TransactionInputConfig, TransactionTaskConfig
+    from pipeline.evaluate.model import TrainedModel
+    from pipeline.html import Html
+    from pipeline.train.task import Task
+
+
+def _inputs(cfg: PipelineConfig) -> TransactionInputConfig:
+    return cfg.inputs.transactions
+
+
+def _ingest(req: IngestRequest) -> Any:
+    from pipeline.ingest.transactions import ingest_transactions, resolve_hmac_key
+
+    key = resolve_hmac_key(req.cfg.inputs.transactions, local_mode=req.local_mode)
+    return ingest_transactions(req.spark, req.cfg.inputs.transactions, req.inputs, key)
+
+
+def _key_parts(cfg: PipelineConfig) -> Mapping[str, Any]:
+    """Tokens change when the HMAC key does: its non-secret id is part of the cache key."""
+    from pipeline.ingest.transactions import hmac_key_id, resolve_hmac_key
+
+    local = cfg.spark.master.startswith("local")
+    return {"hmac_key_id": hmac_key_id(resolve_hmac_key(cfg.inputs.transactions,
+                                                        local_mode=local))}
+
+
+def _dedup(spark: SparkSession, curated: DataFrame, cfg: PipelineConfig) -> DedupOutput:
+    from pipeline.dedup.transactions import transaction_dedup
+
+    txn = transaction_dedup(spark, curated, cfg.dedup)
+    return DedupOutput(txn.kept, txn.duplicates, txn.quarantine)
+
+
+def _consistency(df: DataFrame, n: int) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+
+    from pipeline.quality import group_counts, plain
+
+    if "amount" not in df.columns:
+        return {}
+    first = df.agg(F.sum(F.when(F.col("amount") <= 0, 1)).alias("bad"),
+                   F.min("ts").alias("ts_min"), F.max("ts").alias("ts_max")).first()
+    assert first is not None
+    out: dict[str, Any] = {
+        "non_positive_amount": int(first["bad"] or 0) / n if n else 0.0,
+        "ts_range": [plain(first["ts_min"]), plain(first["ts_max"])],
+        "currencies": group_counts(df, "currency")}
+    if "is_probable_retry" in df.columns:
+        r = df.agg(F.sum(F.col("is_probable_retry").cast("int"))).first()
+        out["probable_retry_rate"] = int((r[0] if r is not None else 0) or 0) / n if n else 0.0
+    return out
+
+
+def _label_balance(df: DataFrame, n: int) -> dict[str, Any]:
+    from pipeline.quality import group_counts
+
+    if "is_fraud" not in df.columns:
+        return {"counts": {}}
+    labels = group_counts(df, "is_fraud")
+    return {"counts": labels, "fraud_rate": labels.get("true", 0) / n if n else 0.0}
+
+
+def _synth(out_dir: Any, scale: float, seed: int) -> Any:
+    from pipeline.synth.transactions import generate_transactions
+
+    return generate_transactions(out_dir, scale, seed)
+
+
+def _problems(cfg: PipelineConfig) -> list[str]:
+    t = cfg.inputs.transactions
+    if t.max_amount <= 0:
+        return [f"inputs.transactions.max_amount: must be > 0, got {t.max_amount}"]
+    return []
+
+
+def _task_config(cfg: PipelineConfig) -> TransactionTaskConfig:
+    return cfg.train.transactions
+
+
+def _make_task(cfg: PipelineConfig, labels: Sequence[str] | None) -> Task:
+    from pipeline.train.tasks.transactions import FraudTask
+
+    return FraudTask.from_config(cfg, labels)
+
+
+def _score(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
+    from pipeline.evaluate.inference import transaction_scores
+
+    return transaction_scores(trained, table, chunk)
+
+
+def _figures(predictions: Mapping[str, pa.Table], labels: Sequence[str], points: int
+             ) -> tuple[dict[str, float], dict[str, Any]]:
+    from pipeline.evaluate.figures import fraud_figures
+
+    return fraud_figures(predictions["test"], predictions.get("val"), points)
+
+
+def _summary(m: Mapping[str, float | None]) -> str:
+    def f(key: str) -> str:
+        v = m.get(key)
+        return "undefined" if v is None else f"{v:.4f}"
+
+    return (f"test ROC-AUC {f('roc_auc')}, PR-AUC {f('pr_auc')}; at threshold "
+            f"{f('threshold')}: precision {f('precision')}, recall {f('recall')}")
+
+
+def _section(report: Mapping[str, Any]) -> list[Html]:
+    from pipeline.evaluate.report import transaction_section
+
+    return transaction_section(report)
+
+
+SPEC = ModalitySpec(
+    name="transactions",
+    record="transaction",
+    input_config=_inputs,
+    ingest=_ingest,
+    id_column="txn_id",
+    # txn_id is given by the data and may repeat (replays): source makes the order total.
+    curated_keys=("txn_id", "source"),
+    reasons=TRANSACTION_REASONS,
+    dedup=_dedup,
+    dedup_report=DedupReportSpec(id_column="source", content_column="source",
+                                 pair_rules=None),
+    quality=QualitySpec(range_columns=("amount", "velocity_1h", "velocity_24h"),
+                        consistency=_consistency, label_balance=_label_balance),
+    ingest_key_parts=_key_parts,
+    synth=_synth,
+    config_problems=_problems,
+    training=TrainingSpec(
+        config=_task_config,
+        make_task=_make_task,
+        evaluation=EvaluationSpec(
+            feature_columns=("amount", "ts", "mcc", "country", "currency", "velocity_1h",
+                             "velocity_24h"),
+            score=_score,
+            figures=_figures,
+            summary=_summary,
+            report_section=("scores and threshold", _section),
+            headline=("roc_auc", "pr_auc", "threshold", "precision", "recall", "f1",
+                      "val_f1", "rows", "positives"),
+            label_column="is_fraud",
+            # The decision threshold is chosen on val, never on test.
+            splits=("val", "test"),
+            prediction_schema="txn_id: string, is_fraud: bool (nullable), fraud_score: "
+                              "float64",
+        ),
+    ),
+    metric_gates=(
+        GateSpec("min_fraud_pr_auc", ("metrics", "pr_auc"), "PR-AUC", ">="),
+        GateSpec("min_fraud_roc_auc", ("metrics", "roc_auc"), "ROC-AUC", ">="),
+    ),
+)
