@@ -121,7 +121,9 @@ def _report(spark, curated: Path, out: Path, report_dir: Path) -> None:  # type:
     """Write dedup.html/json for the images of this run (exercises the report end to end)."""
     from pipeline.config import DedupConfig, GatesConfig, to_dict
     from pipeline.dedup.report import collect_modality, write_dedup_report
-    from pipeline.quality import evaluate_gates, quality_figures
+    from pipeline.gates import evaluate_gates
+    from pipeline.quality import quality_figures
+    from pipeline.storage import Location
 
     records = spark.read.parquet(str(curated))
     kept = spark.read.parquet(str(out / "kept"))
@@ -133,7 +135,8 @@ def _report(spark, curated: Path, out: Path, report_dir: Path) -> None:  # type:
     figures = {"run_id": "bench-dedup-images", "config": to_dict(DedupConfig()),
                "modalities": {"images": entry}}
     report_dir.mkdir(parents=True, exist_ok=True)
-    write_dedup_report(figures, str(report_dir / "dedup.html"), str(report_dir / "dedup.json"))
+    write_dedup_report(figures, Location(str(report_dir / "dedup.html")),
+                       Location(str(report_dir / "dedup.json")))
     print(f"report: {report_dir / 'dedup.html'}")
 
 
@@ -178,14 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.dedup.exact import exact_dedup
     from pipeline.ingest.images import ingest_images
     from pipeline.spark import get_spark
-    from pipeline.storage import to_url
+    from pipeline.storage import Location
 
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-images-"))
     try:
         truth = synth.generate(work / "raw", scale=scale, seed=args.seed, modalities=("images",))
         spark = get_spark(SparkConfig(master=f"local[{SPARK_CORES}]", shuffle_partitions=4,
                                       driver_memory="3g", app_name="bench-dedup-images"))
-        ingested = ingest_images(spark, ImageInputConfig(), [to_url(work / "raw" / "images")])
+        ingested = ingest_images(spark, ImageInputConfig(),
+                                 [Location(str(work / "raw" / "images"))])
         curated = work / "curated"
         ingested.curated.coalesce(4).write.parquet(str(curated))
         sources = {r["source"]: r["image_id"] for r in

@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python jobs/evaluate.py \\
         --config configs/example.yaml --run-id R [--task images ...] [--set k=v ...]
 
-Runs `evaluate/<task>` for each --task (default: the config's modalities) through the
+The same as `pipeline evaluate --run-id R [--modality M ...] ...`: runs
+`evaluate/<modality>` for each --task (default: the config's modalities) through the
 orchestrator, so cached evaluations are skipped and outputs are published atomically.
 """
 
@@ -18,35 +19,18 @@ try:
 except ImportError:  # run from a checkout (e.g. a Ray job's working dir) without install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cli import main
 
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.evaluate.cli import TASKS, evaluate_stages
-    from pipeline.logs import setup_logging
-    from pipeline.orchestrator import StageFailed, run_pipeline
 
-    p = argparse.ArgumentParser(description="Evaluate trained models of a run.")
-    p.add_argument("--config", "-c", metavar="YAML")
+def cli_args(argv: list[str]) -> list[str]:
+    """`pipeline` arguments for this job's arguments."""
+    p = argparse.ArgumentParser(description="Evaluate a run.", allow_abbrev=False)
     p.add_argument("--run-id", required=True)
-    p.add_argument("--task", action="append", choices=TASKS, help="repeatable")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = load_config(args.config, [*args.overrides, f"run_id={args.run_id}"])
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    try:
-        outcomes = run_pipeline(cfg, evaluate_stages(args.task or list(cfg.modalities)))
-    except StageFailed as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    for o in outcomes:
-        print(f"{o.name}: {o.state} {o.summary}".rstrip())
-    return 0
+    p.add_argument("--task", "--modality", dest="modality", action="append", default=[])
+    known, rest = p.parse_known_args(argv)
+    picked = [arg for m in known.modality for arg in ("--modality", m)]
+    return ["evaluate", "--run-id", known.run_id, *picked, *rest]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(cli_args(sys.argv[1:])))

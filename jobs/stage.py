@@ -7,7 +7,9 @@
         python jobs/stage.py --spec URL
 
 The orchestrator (`pipeline run` with spark.backend=spark-submit or ray.backend=job)
-writes the spec and starts this; see pipeline/orchestrator/job.py.
+writes the spec and starts this (with `--storage-options JSON` when storage.options is
+set); the job rebuilds the stage from the spec's factory reference. See
+pipeline/orchestrator/job.py.
 """
 
 from __future__ import annotations

@@ -53,10 +53,17 @@ def _load(args: argparse.Namespace) -> PipelineConfig:
     return load_config(args.config, overrides)
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.synth import MODALITIES, generate
+def _synth_modalities() -> list[str]:
+    """The registered modalities that can generate sample data, in registry order."""
+    from pipeline import modalities
 
-    modalities = args.modality or list(MODALITIES)
+    return [spec.name for spec in modalities.specs() if spec.synth is not None]
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline.synth import generate
+
+    modalities = args.modality or _synth_modalities()
     with console.status(f"generating sample data (scale {args.scale}, seed {args.seed})"):
         gt = generate(args.out, scale=args.scale, seed=args.seed, modalities=modalities)
     for modality in modalities:
@@ -106,12 +113,11 @@ def _show_plan(cfg: PipelineConfig, stages: list[Stage], selected: list[str] | N
     return 2 if any(e.decision == "blocked" for e in entries) else 0
 
 
-def _run_stages(cfg: PipelineConfig, stages: list[Stage] | None = None,
+def _run_stages(cfg: PipelineConfig, stages: list[Stage],
                 selected: list[str] | None = None) -> int:
     from pipeline.orchestrator import run_pipeline
     from pipeline.orchestrator.display import RichProgress, out, summary_table
     from pipeline.orchestrator.plan import run_id_of, run_paths
-    from pipeline.orchestrator.status import run_status
 
     run_id = run_id_of(cfg)
     with RichProgress(f"run {run_id}") as progress:
@@ -125,7 +131,9 @@ def _run_stages(cfg: PipelineConfig, stages: list[Stage] | None = None,
         cached = sum(o.state == "cached" for o in outcomes)
         out.print(f"{ran} stage(s) ran, {cached} cached", soft_wrap=True)
     paths = run_paths(cfg)
-    reports = run_status(cfg.storage.root, run_id, dict(cfg.storage.options)).reports
+    # The reports of every stage of this call whose output is published (ran, cached, or
+    # not selected), main report first, as the stages' manifests list them.
+    reports = list(dict.fromkeys(u for o in outcomes for u in o.reports))
     # soft_wrap: paths stay whole (copyable) instead of being cut at the console width.
     out.print(f"run state: {paths.run_json}", soft_wrap=True)
     out.print(f"reports:   {paths.reports}/" + "".join(f"\n  {u}" for u in reports),
@@ -134,7 +142,7 @@ def _run_stages(cfg: PipelineConfig, stages: list[Stage] | None = None,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.orchestrator.stages import default_stages
+    from pipeline.graph import default_stages
 
     cfg = _load(args)
     stages = default_stages()
@@ -145,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.orchestrator.stages import default_stages
+    from pipeline.graph import default_stages
 
     cfg = _load(args)
     stages = default_stages()
@@ -157,8 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pipeline.orchestrator.status import run_status
 
     cfg = _load(args)
-    st = run_status(cfg.storage.root, args.run, dict(cfg.storage.options),
-                    cfg.orchestrator.lock_stale_s)
+    st = run_status(cfg.storage.location, args.run, cfg.orchestrator.lock_stale_s)
     if args.json:
         print(json.dumps(st.to_dict(), indent=2, sort_keys=True, default=str))
     else:
@@ -173,7 +180,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     try:
-        chains = lineage(cfg.storage.root, args.run, dict(cfg.storage.options))
+        chains = lineage(cfg.storage.location, args.run)
     except FileNotFoundError:
         raise RunNotFoundError(f"no run {args.run!r} under {cfg.storage.root}") from None
     if args.json:
@@ -185,12 +192,16 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from pipeline.ingest.stage import ingest_stage
-    from pipeline.orchestrator.stages import synth_stage
+    from pipeline.graph import ingest_stages
 
     cfg = _load(args)
-    modalities = args.modality or list(cfg.modalities)
-    return _run_stages(cfg, [synth_stage(), *(ingest_stage(m) for m in modalities)])
+    return _run_stages(cfg, ingest_stages(args.modality or list(cfg.modalities)))
+
+
+def _modality_names() -> list[str]:
+    from pipeline import modalities
+
+    return list(modalities.names())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "either curated or quarantined with a reason code. Sample data is "
                        "generated first when a modality has no inputs.*.paths.")
     _add_config_args(p)
-    p.add_argument("--modality", action="append", choices=["text", "images", "transactions"],
+    p.add_argument("--modality", action="append", choices=_modality_names(),
                    help="only these modalities (repeatable; default: config modalities)")
     p.set_defaults(func=cmd_ingest)
 
@@ -277,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0,
                    help="size multiplier: 1.0 is ~1k documents, ~200 images, ~10k transactions")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--modality", action="append", choices=["text", "images", "transactions"],
+    p.add_argument("--modality", action="append", choices=_synth_modalities(),
                    help="only these modalities (repeatable; default all)")
     p.set_defaults(func=cmd_synth)
 
@@ -300,7 +311,7 @@ def _fail(label: str, exc: BaseException, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn every failure into a message + exit code."""
-    from pipeline.orchestrator import RunLockedError, SelectionError, StageFailed
+    from pipeline.orchestrator import NoFactoryError, RunLockedError, SelectionError, StageFailed
     from pipeline.orchestrator.status import RunNotFoundError
 
     parser = build_parser()
@@ -310,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         return _fail("configuration error", exc, 2)
-    except SelectionError as exc:
+    except (SelectionError, NoFactoryError) as exc:
         return _fail("cannot run", exc, 2)
     except StageFailed as exc:
         return _fail("failed", exc, 1)

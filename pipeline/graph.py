@@ -2,12 +2,16 @@
 report, per trainable modality train and evaluate, and the run summary.
 
 The orchestrator runs whatever list of stages it is given; this module is the one place
-that knows which concrete stages make up `pipeline run`. The graph covers every registered
-modality (pipeline.modalities); a modality outside `cfg.modalities` has its stages
-disabled, so adding one to the config needs no code change.
+that knows which concrete stages make up `pipeline run` (and `pipeline ingest`). The
+graph covers every registered modality (pipeline.modalities); a modality outside
+`cfg.modalities` has its stages disabled, so adding one to the config needs no code
+change. Every stage here is built by a module-level factory and carries its reference,
+so a spark-submit or Ray job can rebuild it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from pipeline.orchestrator.stages import Stage, synth_stage
 
@@ -28,3 +32,10 @@ def default_stages() -> list[Stage]:
             *(dedup_stage(m) for m in names), dedup_report_stage(),
             *(train_stage(m) for m in trained), *(evaluate_stage(m) for m in evaluated),
             summary_report_stage()]
+
+
+def ingest_stages(modalities: Iterable[str]) -> list[Stage]:
+    """`pipeline ingest`: the synth stage, then the ingest stage of each modality given."""
+    from pipeline.ingest.stage import ingest_stage
+
+    return [synth_stage(), *(ingest_stage(m) for m in modalities)]

@@ -4,8 +4,14 @@ One page that answers "what did this run do": every stage with its state, time a
 row counts; per modality the data figures (input = kept + duplicates + quarantined, rules,
 splits, gates) from the dedup manifests; per task the training curves (train and val loss
 per epoch, from `train/<task>/result.json`) and the evaluation headline metrics (from the
-`evaluate/<task>` manifests), with relative links to the detailed reports beside it
-(`../dedup/dedup.html`, `../train_<task>.json`, `../evaluate_<task>.html`).
+`evaluate/<task>` manifests), with relative links to the detailed reports: each stage's
+main report, a file of its own stage folder (orchestrator.reports), e.g.
+`../dedup/dedup.html`, `../../train/<task>/result.json`,
+`../../evaluate/<task>/report.html`.
+
+Its inputs come from the modality registry: `dedup/<m>` of every registered modality,
+`train/<m>` of those that train a model, `evaluate/<m>` of those that evaluate it. A
+modality the run does not select has those stages disabled, and they are left out.
 
 The work is split so that only the edges do I/O: `collect_summary` reads run.json and the
 result files the manifests list, `summary_figures` turns those into one JSON-ready dict,
@@ -23,24 +29,27 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import html as H
+from pipeline.jsonutil import json_clean
+from pipeline.orchestrator.reports import relative_link, report_files
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 from pipeline.storage import (
+    Location,
     Manifest,
+    ManifestMismatchError,
+    MissingManifestError,
     RunPaths,
-    is_published,
-    join,
-    read_json,
-    write_bytes_atomic,
-    write_json_atomic,
+    read_manifest,
 )
+from pipeline.train import UNVALIDATED_LOSS
+from pipeline.train.stage import read_train_result
 
 log = logging.getLogger(__name__)
 
 STAGE_NAME = "reports/summary"
+DEDUP_REPORT = "reports/dedup"
+INDEX_FILE = "index.html"
+SUMMARY_FILE = "summary.json"
 DATA_FIGURES = ("input", "kept", "duplicates", "quarantined")
-#: history values at or above this are placeholders, not losses (pipeline.train.loop's
-#: UNVALIDATED_LOSS marks mid-epoch checkpoints); importing it here would pull in torch.
-_PLACEHOLDER_LOSS = 1e29
 #: row counts shown in the stage table, in this order, when a stage has them
 _GROUP_ORDER = ("synth", "ingest", "dedup", "reports/dedup", "train", "evaluate", "reports")
 _KEY_ROWS = ("input", "curated", "kept", "duplicates", "quarantined", "epochs", "rows",
@@ -52,18 +61,8 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     v = float(value)
-    return v if math.isfinite(v) and abs(v) < _PLACEHOLDER_LOSS else None
-
-
-def _clean(value: Any) -> Any:
-    """JSON-clean copy: non-finite floats become None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+    # UNVALIDATED_LOSS marks checkpoints taken before validation: a placeholder, no loss.
+    return v if math.isfinite(v) and abs(v) < UNVALIDATED_LOSS else None
 
 
 def _key_rows(rows: Mapping[str, Any]) -> dict[str, int]:
@@ -163,38 +162,58 @@ def evaluation_figures(manifest: Manifest) -> dict[str, Any]:
             "checkpoint_digest": manifest.extra.get("checkpoint_digest")}
 
 
-def summary_figures(run_id: str, run_state: Mapping[str, Any], inputs: Mapping[str, Manifest],
-                    train_results: Mapping[str, Mapping[str, Any]],
-                    has_dedup_report: bool = False) -> dict[str, Any]:
-    """Everything the page shows, as one JSON-ready dict (the content of `summary.json`).
+def _main_report(manifest: Manifest | None) -> str | None:
+    """The link from the summary page to the main report of a published stage, if any."""
+    files = report_files(manifest)
+    if manifest is None or not files:
+        return None
+    return relative_link(STAGE_NAME, manifest.stage, files[0])
 
-    `inputs` are the published `dedup/*`, `train/*` and `evaluate/*` manifests present;
-    `train_results` the parsed `result.json` of each task in `inputs`' train stages."""
+
+def report_links(inputs: Mapping[str, Manifest],
+                 dedup_report: Manifest | None = None) -> dict[str, str]:
+    """Relative links from the summary page to the dedup report and to the main report of
+    each train and evaluate stage in `inputs`, in page order."""
+    links: dict[str, str] = {}
+    if (href := _main_report(dedup_report)) is not None:
+        links["dedup report"] = href
+    by_kind = _by_kind(inputs)
+    for t in sorted(set(by_kind["train"]) | set(by_kind["evaluate"])):
+        for kind, label in (("train", "training report"), ("evaluate", "evaluation report")):
+            if (href := _main_report(by_kind[kind].get(t))) is not None:
+                links[f"{label} {t}"] = href
+    return links
+
+
+def _by_kind(inputs: Mapping[str, Manifest]) -> dict[str, dict[str, Manifest]]:
     by_kind: dict[str, dict[str, Manifest]] = {"dedup": {}, "train": {}, "evaluate": {}}
     for name, manifest in inputs.items():
         kind, _, item = name.partition("/")
         if kind in by_kind and item:
             by_kind[kind][item] = manifest
+    return by_kind
+
+
+def summary_figures(run_id: str, run_state: Mapping[str, Any], inputs: Mapping[str, Manifest],
+                    train_results: Mapping[str, Mapping[str, Any]],
+                    links: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Everything the page shows, as one JSON-ready dict (the content of `summary.json`).
+
+    `inputs` are the published `dedup/*`, `train/*` and `evaluate/*` manifests present;
+    `train_results` the parsed `result.json` of each task in `inputs`' train stages;
+    `links` the page's links to detailed reports (`report_links`)."""
+    by_kind = _by_kind(inputs)
     missing = sorted(set(by_kind["train"]) - set(train_results))
     if missing:
         raise ValueError(f"no result.json given for trained task(s) {missing}")
-    tasks = sorted(set(by_kind["train"]) | set(by_kind["evaluate"]))
-    links: dict[str, str] = {}
-    if has_dedup_report:
-        links["dedup report"] = "../dedup/dedup.html"
-    for t in tasks:
-        if t in by_kind["train"]:
-            links[f"training report {t}"] = f"../train_{t}.json"
-        if t in by_kind["evaluate"]:
-            links[f"evaluation report {t}"] = f"../evaluate_{t}.html"
-    return _clean({
+    return json_clean({
         "run_id": run_id,
         "stages": stage_rows(run_state, inputs),
         "data": {m: data_figures(v) for m, v in sorted(by_kind["dedup"].items())},
         "training": {t: training_figures(t, v, train_results[t])
                      for t, v in sorted(by_kind["train"].items())},
         "evaluation": {t: evaluation_figures(v) for t, v in sorted(by_kind["evaluate"].items())},
-        "links": links,
+        "links": dict(links or {}),
     })
 
 
@@ -293,90 +312,77 @@ def render_summary_html(summary: Mapping[str, Any]) -> str:
 # I/O edges
 
 
-def read_train_result(run: RunPaths, task: str, manifest: Manifest,
-                      options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The `result.json` a published `train/<task>` manifest lists."""
+def _published(stage: Location) -> Manifest | None:
     try:
-        manifest.file("result.json")
-    except KeyError:
-        raise ValueError(f"train/{task}: the manifest lists no result.json "
-                         f"(files: {[f.path for f in manifest.files]})") from None
-    body = read_json(join(run.stage(f"train/{task}"), "result.json"), options)
-    if not isinstance(body, dict):
-        raise ValueError(f"train/{task}: result.json holds {type(body).__name__}, not an object")
-    return body
+        return read_manifest(stage)
+    except (MissingManifestError, ManifestMismatchError):
+        return None
 
 
-def collect_summary(run: RunPaths, inputs: Mapping[str, Manifest],
-                    options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read run.json, the trained tasks' result.json and whether the dedup report exists,
-    then build `summary_figures`."""
+def collect_summary(run: RunPaths, inputs: Mapping[str, Manifest]) -> dict[str, Any]:
+    """Read run.json, the trained tasks' result.json and the dedup report's manifest, then
+    build `summary_figures`."""
     try:
-        state = read_json(run.run_json, options)
+        state = run.run_json.read_json()
     except FileNotFoundError:
         state = {}
-    results = {name.split("/", 1)[1]: read_train_result(run, name.split("/", 1)[1], m, options)
-               for name, m in inputs.items() if name.startswith("train/")}
+    results = {name.split("/", 1)[1]: read_train_result(run.stage(name))
+               for name in inputs if name.startswith("train/")}
     # Linked only when published (it is not an input: the summary does not depend on it).
-    has_dedup_report = is_published(run.stage("reports/dedup"), options)
+    links = report_links(inputs, _published(run.stage(DEDUP_REPORT)))
     return summary_figures(run.run_id, state if isinstance(state, dict) else {}, inputs,
-                           results, has_dedup_report)
+                           results, links)
 
 
-def write_summary(summary: Mapping[str, Any], folder_url: str,
-                  options: Mapping[str, Any] | None = None) -> None:
-    """Write `index.html` and `summary.json` into `folder_url` (each via a temporary name)."""
+def write_summary(summary: Mapping[str, Any], folder: Location) -> None:
+    """Write `index.html` and `summary.json` into `folder` (each via a temporary name)."""
     # Strict JSON (no NaN, which many readers reject): fail, naming the problem, before
     # anything is written. summary_figures already turns non-finite floats into null.
     try:
         json.dumps(summary, allow_nan=False)
     except ValueError as exc:
         raise ValueError(f"summary is not strict JSON: {exc}") from exc
-    write_bytes_atomic(join(folder_url, "index.html"),
-                       render_summary_html(summary).encode("utf-8"), options)
-    write_json_atomic(join(folder_url, "summary.json"), summary, options)
+    (folder / INDEX_FILE).write_bytes(render_summary_html(summary).encode("utf-8"))
+    (folder / SUMMARY_FILE).write_json(summary)
 
 
 def _run_summary(ctx: StageContext) -> StageResult:
-    options = dict(ctx.cfg.storage.options)
-    summary = collect_summary(ctx.run, ctx.inputs, options)
-    write_summary(summary, ctx.staging_url, options)
-    final = join(ctx.run.stage(STAGE_NAME), "index.html")
+    summary = collect_summary(ctx.run, ctx.inputs)
+    write_summary(summary, ctx.output)
+    final = ctx.run.stage(STAGE_NAME) / INDEX_FILE
     counts = {"stages": len(summary["stages"]), "modalities": len(summary["data"]),
               "trained": len(summary["training"]), "evaluated": len(summary["evaluation"])}
     log.info("summary report: %d stages, %d modalities, %d trained, %d evaluated task(s): %s",
              counts["stages"], counts["modalities"], counts["trained"], counts["evaluated"],
              final)
-    return StageResult(row_counts=counts, extra={"report": final},
+    return StageResult(row_counts=counts,
+                       extra={"report": final.url, "reports": [INDEX_FILE, SUMMARY_FILE]},
                        summary=f"report: {final}")
 
 
-def summary_inputs(tasks: Sequence[str], modalities: Sequence[str] | None = None,
-                   include_evaluate: bool = True) -> tuple[str, ...]:
-    """`dedup/<m>` for each modality (default: the tasks), `train/<t>`, `evaluate/<t>`."""
-    mods = tuple(tasks if modalities is None else modalities)
-    names = [*(f"dedup/{m}" for m in mods), *(f"train/{t}" for t in tasks)]
-    if include_evaluate:
-        names += [f"evaluate/{t}" for t in tasks]
-    return tuple(names)
+def summary_inputs() -> tuple[str, ...]:
+    """From the modality registry: `dedup/<m>` of every registered modality, `train/<m>`
+    of those with a training task, `evaluate/<m>` of those with an evaluation."""
+    from pipeline import modalities
+
+    specs = modalities.specs()
+    return (*(f"dedup/{s.name}" for s in specs),
+            *(f"train/{s.name}" for s in specs if s.training is not None),
+            *(f"evaluate/{s.name}" for s in specs if s.evaluation is not None))
 
 
-def summary_report_stage(tasks: Sequence[str], *, modalities: Sequence[str] | None = None,
-                         include_evaluate: bool = True) -> Stage:
+def summary_report_stage() -> Stage:
     """`reports/summary`: `index.html` + `summary.json` over the run's stages.
 
-    Inputs are the dedup, train and (with `include_evaluate`) evaluate stages of `tasks`;
-    disabled ones are absent from `ctx.inputs` and left out of the page. Pass
-    `include_evaluate=False` while the graph has no evaluate stages, since the runner fails
-    a stage whose inputs neither ran nor were disabled."""
-    if not tasks and not modalities:
-        raise ValueError("summary_report_stage needs at least one task or modality")
+    Inputs are `summary_inputs()`; disabled ones are absent from `ctx.inputs` and left out
+    of the page."""
+    inputs = summary_inputs()
     return Stage(
         name=STAGE_NAME,
         run=_run_summary,
-        config_of=lambda cfg: {"tasks": list(tasks), "modalities": list(modalities or tasks),
-                               "evaluate": include_evaluate},
-        inputs=summary_inputs(tasks, modalities, include_evaluate),
+        config_of=lambda cfg: {"inputs": list(inputs)},
+        inputs=inputs,
         description="render the run summary (index.html, summary.json)",
         kind="local",
+        factory="pipeline.report:summary_report_stage",
     )

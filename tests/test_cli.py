@@ -60,3 +60,18 @@ def test_unknown_stage_exits_2_listing_valid_ones(tmp_path: Path,
     assert main(["plan", "--set", f"storage.root=file://{tmp_path}", "--only", "trains"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "unknown stage 'trains'" in err and "train/text" in err and "dedup/images" in err
+
+
+def test_modality_choices_come_from_the_registry() -> None:
+    from dataclasses import replace
+
+    from pipeline import modalities
+
+    ledger = replace(modalities.get("transactions"), name="ledger")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", "--modality", "ledger"])
+    with modalities.registered(ledger):
+        assert build_parser().parse_args(["ingest", "--modality", "ledger"]).modality == [
+            "ledger"]
+        args = build_parser().parse_args(["synth", "--out", "x", "--modality", "ledger"])
+        assert args.modality == ["ledger"]

@@ -110,3 +110,12 @@ def test_config_is_frozen() -> None:
     cfg = PipelineConfig()
     with pytest.raises(AttributeError):
         cfg.train.epochs = 5  # type: ignore[misc]
+
+
+def test_storage_location_is_the_root_with_its_options(tmp_path: Path) -> None:
+    cfg = config_from_dict({"storage": {"root": f"file://{tmp_path}/root/",
+                                        "options": {"endpoint_url": "http://127.0.0.1:9000"}}})
+    loc = cfg.storage.location
+    assert loc.url == f"file://{tmp_path}/root"
+    assert dict(loc.options) == {"endpoint_url": "http://127.0.0.1:9000"}
+    assert (loc / "runs").options == loc.options

@@ -26,8 +26,9 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, config_from_dict
+from pipeline.graph import default_stages
 from pipeline.orchestrator import run_pipeline
-from pipeline.storage import RunPaths, read_json, read_manifest
+from pipeline.storage import Location, RunPaths, read_manifest
 from pipeline.train.faults import FAULT_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,9 @@ def _states(outcomes: Any) -> dict[str, str]:
 def whole_run(spark: Any, ray_local: Any, tmp_path_factory: pytest.TempPathFactory
               ) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("e2e")
-    first = run_pipeline(_cfg(root, TINY))
-    return {"root": root, "first": first, "paths": RunPaths(f"file://{root}", RUN_ID)}
+    first = run_pipeline(_cfg(root, TINY), default_stages())
+    return {"root": root, "first": first,
+            "paths": RunPaths(Location(f"file://{root}"), RUN_ID)}
 
 
 @pytest.mark.integration
@@ -76,17 +78,22 @@ def test_whole_graph_runs_every_stage_and_writes_the_reports(whole_run: dict[str
     assert set(states) == expected
     assert set(states.values()) == {"ran"}
     paths: RunPaths = whole_run["paths"]
-    reports = Path(paths.reports.removeprefix("file://"))
-    for name in ("dedup/dedup.html", "summary/index.html",
-                 *(f"evaluate_{t}.html" for t in TASKS), *(f"train_{t}.json" for t in TASKS)):
-        assert (reports / name).stat().st_size > 0, name
+    run = Path(paths.run.url.removeprefix("file://"))
+    for name in ("reports/dedup/dedup.html", "reports/summary/index.html",
+                 *(f"evaluate/{t}/report.html" for t in TASKS),
+                 *(f"train/{t}/result.json" for t in TASKS)):
+        assert (run / name).stat().st_size > 0, name
+    # Every report `pipeline run` prints is a file of its stage, and the outcomes list them.
+    reports = [u for o in whole_run["first"] for u in o.reports]
+    assert f"{paths.run.url}/reports/summary/index.html" in reports
+    assert all(Path(u.removeprefix("file://")).is_file() for u in reports)
     for task in TASKS:
         extra = read_manifest(paths.stage(f"evaluate/{task}")).extra
         finite = [v for v in extra["metrics"].values() if isinstance(v, float)
                   and math.isfinite(v)]
         assert finite, f"evaluate/{task} reported no finite metric"
         assert extra["checkpoint"] and extra["checkpoint_digest"]
-    state = read_json(paths.run_json)
+    state = paths.run_json.read_json()
     assert {s["state"] for s in state["stages"].values()} == {"done"}
 
 
@@ -100,7 +107,7 @@ def test_second_run_is_a_noop_and_one_task_change_reruns_only_its_stages(
     out = capsys.readouterr().out
     assert "nothing to do" in out
 
-    changed = run_pipeline(_cfg(root, TINY, "train.images.lr=0.005"))
+    changed = run_pipeline(_cfg(root, TINY, "train.images.lr=0.005"), default_stages())
     ran = {name for name, state in _states(changed).items() if state == "ran"}
     assert ran == {"train/images", "evaluate/images", "reports/summary"}
     # The old model's checkpoints are kept aside, not resumed with the new settings.
@@ -178,8 +185,8 @@ def test_killed_pipeline_run_resumes_from_the_checkpoint_with_the_same_metrics(
         os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, Ray included
         proc.wait(timeout=60)
 
-    paths = RunPaths(f"file://{killed_root}", RUN_ID)
-    state = read_json(paths.run_json)
+    paths = RunPaths(Location(f"file://{killed_root}"), RUN_ID)
+    state = paths.run_json.read_json()
     assert state["stages"].get("dedup/transactions", {}).get("state") != "running"
     assert state["stages"]["train/transactions"]["state"] == "running"  # killed mid-stage
     assert "evaluate/transactions" not in state["stages"]

@@ -9,13 +9,8 @@ from decimal import Decimal
 import pytest
 
 from pipeline.config import GatesConfig
-from pipeline.quality import (
-    QualityGateError,
-    check_gates,
-    enforce_gates,
-    evaluate_gates,
-    quality_figures,
-)
+from pipeline.gates import QualityGateError, check_gates, enforce_gates, evaluate_gates
+from pipeline.quality import quality_figures
 
 DUP_SCHEMA = "dropped_id string, kept_id string, rule string, similarity double, cluster_id string"
 Q_SCHEMA = "stage string, source string, reason string, detail string, raw string"

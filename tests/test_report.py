@@ -10,25 +10,27 @@ from typing import Any
 
 import pytest
 
+from pipeline import modalities
 from pipeline.config import config_from_dict
-from pipeline.orchestrator import Stage, StageContext, StageFailed, run_pipeline
+from pipeline.orchestrator import SelectionError, Stage, StageContext, run_pipeline
 from pipeline.report import (
     STAGE_NAME,
     collect_summary,
     render_summary_html,
+    report_links,
     summary_figures,
     summary_inputs,
     summary_report_stage,
 )
 from pipeline.storage import (
     FileEntry,
+    Location,
     Manifest,
     RunPaths,
     StageWriter,
-    join,
+    is_published,
     read_manifest,
     verify_stage,
-    write_json_atomic,
 )
 from pipeline.train.stage import train_stage
 
@@ -95,13 +97,17 @@ def _publish(run: RunPaths, name: str, row_counts: dict[str, int], extra: dict[s
              files: dict[str, Any] | None = None) -> Manifest:
     writer = StageWriter(run.stage(name), name)
     for rel, body in (files or {}).items():
-        write_json_atomic(join(writer.staging_url, rel), body)
+        if isinstance(body, str):
+            (writer.staging / rel).write_bytes(body.encode())
+        else:
+            (writer.staging / rel).write_json(body)
     return writer.publish(row_counts=row_counts, extra=extra)
 
 
 def _fake_run(root: Path, with_evaluate: bool = True) -> RunPaths:
-    """A run with dedup/text+images, train/text+images, evaluate/text, a dedup report."""
-    run = RunPaths(f"file://{root}", "r1")
+    """A run with dedup/text+images, train/text+images, evaluate/text, a dedup report;
+    each report is a file of its stage folder that its manifest names."""
+    run = RunPaths(Location(f"file://{root}"), "r1")
     counts, extra = _dedup("text", raw=20, kept=12, dups={"exact": 2, "near_dup": 3},
                            quarantined_ingest=3)
     _publish(run, "dedup/text", counts, extra)
@@ -110,16 +116,22 @@ def _fake_run(root: Path, with_evaluate: bool = True) -> RunPaths:
     _publish(run, "dedup/images", counts, extra)
     for task, history in (("text", TEXT_HISTORY), ("images", IMAGE_HISTORY)):
         _publish(run, f"train/{task}", {"epochs": len(history)},
-                 {"best_val_loss": 3.3, "report": ""},
+                 {"best_val_loss": 3.3,
+                  "report": (run.stage(f"train/{task}") / "result.json").url},
                  {"result.json": _result(task, history)})
     if with_evaluate:
         _publish(run, "evaluate/text", {"rows": 7},
                  {"metrics": {"perplexity": 27.1, "token_accuracy": 0.31,
                               "diverged": float("inf")},
                   "checkpoint": "file:///ckpt/train_text/checkpoint_000002",
-                  "checkpoint_digest": "ab" * 32, "report": "file:///x/evaluate_text.html",
-                  "gates": [{"gate": "max_text_perplexity", "passed": False}]})
-    _publish(run, "reports/dedup", {"text.kept": 12}, {})
+                  "checkpoint_digest": "ab" * 32,
+                  "report": (run.stage("evaluate/text") / "report.html").url,
+                  "reports": ["report.html", "metrics.json"],
+                  "gates": [{"gate": "max_text_perplexity", "passed": False}]},
+                 {"report.html": "<html></html>", "metrics.json": {}})
+    _publish(run, "reports/dedup", {"text.kept": 12},
+             {"report": (run.stage("reports/dedup") / "dedup.html").url},
+             {"dedup.html": "<html></html>", "dedup.json": {}})
     stages = {
         "synth": {"state": "done", "seconds": 1.5, "started": 100.0, "summary": "20 records",
                   "rows": {"text.records": 20, "text.bad": 3}},
@@ -129,7 +141,7 @@ def _fake_run(root: Path, with_evaluate: bool = True) -> RunPaths:
         "train/images": {"state": "failed", "error": f"RuntimeError: {EVIL}", "started": 140.0},
         STAGE_NAME: {"state": "running", "started": 200.0},
     }
-    write_json_atomic(run.run_json, {"run_id": "r1", "stages": stages})
+    run.run_json.write_json({"run_id": "r1", "stages": stages})
     return run
 
 
@@ -145,8 +157,8 @@ def _inputs(run: RunPaths, names: tuple[str, ...]) -> dict[str, Manifest]:
 
 def test_figures_from_manifests(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
-    inputs = _inputs(run, summary_inputs(["text", "images"]))
-    assert "evaluate/images" not in inputs
+    inputs = _inputs(run, summary_inputs())
+    assert "evaluate/images" not in inputs and "dedup/transactions" not in inputs
     summary = collect_summary(run, inputs)
     # Stage table: graph order, the summary itself left out, rows from the input manifests.
     names = [s["stage"] for s in summary["stages"]]
@@ -178,16 +190,19 @@ def test_figures_from_manifests(tmp_path: Path) -> None:
     assert ev["metrics"] == {"diverged": None, "perplexity": 27.1, "token_accuracy": 0.31}
     assert ev["checkpoint_digest"] == "ab" * 32
     assert ev["gates"] == {"passed": 0, "failed": 1}
+    # Each stage's main report, relative to reports/summary/index.html.
     assert summary["links"] == {"dedup report": "../dedup/dedup.html",
-                                "training report images": "../train_images.json",
-                                "training report text": "../train_text.json",
-                                "evaluation report text": "../evaluate_text.html"}
+                                "training report images": "../../train/images/result.json",
+                                "training report text": "../../train/text/result.json",
+                                "evaluation report text": "../../evaluate/text/report.html"}
+    for href in summary["links"].values():
+        assert (root_of(run) / "reports/summary" / href).resolve().is_file(), href
     json.dumps(summary, allow_nan=False)  # strict JSON
 
 
 def test_page_shows_every_part_inline_and_escaped(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
-    summary = collect_summary(run, _inputs(run, summary_inputs(["text", "images"])))
+    summary = collect_summary(run, _inputs(run, summary_inputs()))
     page = render_summary_html(summary)
     assert page == render_summary_html(summary)  # deterministic
     tags = parse(page)
@@ -198,8 +213,8 @@ def test_page_shows_every_part_inline_and_escaped(tmp_path: Path) -> None:
     # The images val curve skips its NaN epoch: one point, not a broken "nan" coordinate.
     assert all("nan" not in (a["points"] or "") for a in polylines)
     hrefs = [a["href"] for t, a in tags.tags if t == "a"]
-    assert hrefs == ["../dedup/dedup.html", "../train_images.json", "../train_text.json",
-                     "../evaluate_text.html"]
+    assert hrefs == ["../dedup/dedup.html", "../../train/images/result.json",
+                     "../../train/text/result.json", "../../evaluate/text/report.html"]
     # Nothing the page could fetch: no scripts, no external sources, relative links only.
     assert "script" not in names and "link" not in names
     assert not [a for _, a in tags.tags for k in ("src", "href")
@@ -212,41 +227,66 @@ def test_page_shows_every_part_inline_and_escaped(tmp_path: Path) -> None:
         assert figure in text
 
 
+def _absent(names: tuple[str, ...], run: RunPaths) -> list[Stage]:
+    """Disabled stand-ins for the inputs that are not published (as the graph disables the
+    stages of modalities or tasks a run does not select)."""
+    return [Stage(name=n, run=lambda ctx: pytest.fail("disabled stage ran"),
+                  config_of=lambda cfg: {}, enabled=lambda cfg: False)
+            for n in names if not is_published(run.stage(n))]
+
+
+def test_inputs_come_from_the_registry() -> None:
+    stage = summary_report_stage()
+    specs = modalities.specs()
+    assert stage.inputs == summary_inputs() == (
+        *(f"dedup/{s.name}" for s in specs),
+        *(f"train/{s.name}" for s in specs if s.training is not None),
+        *(f"evaluate/{s.name}" for s in specs if s.evaluation is not None))
+    assert stage.kind == "local" and stage.factory == "pipeline.report:summary_report_stage"
+    assert all(f"dedup/{m}" in stage.inputs for m in modalities.names())
+
+
 def test_stage_publishes_and_is_cached(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
     cfg = config_from_dict({"run_id": "r1", "storage": {"root": f"file://{tmp_path}"}})
-    stage = summary_report_stage(["text", "images"])
+    stage = summary_report_stage()
     # train/images failed in the hand-made run.json but has a published manifest: the
-    # runner finds each input by its manifest; evaluate/images is marked disabled here.
-    evaluate_images = Stage(
-        name="evaluate/images", run=lambda ctx: pytest.fail("disabled stage ran"),
-        config_of=lambda cfg: {}, enabled=lambda cfg: False)
-    outcomes = run_pipeline(cfg, [evaluate_images, stage])
-    assert [o.state for o in outcomes] == ["skipped", "ran"]
+    # runner finds each input by its manifest; the unpublished ones are disabled here.
+    absent = _absent(stage.inputs, run)
+    assert "evaluate/images" in [s.name for s in absent]
+    outcomes = run_pipeline(cfg, [*absent, stage])
+    assert [o.state for o in outcomes] == ["skipped"] * len(absent) + ["ran"]
     manifest = verify_stage(run.stage(STAGE_NAME))
     assert sorted(f.path for f in manifest.files) == ["index.html", "summary.json"]
     assert manifest.row_counts == {"stages": 6, "modalities": 2, "trained": 2, "evaluated": 1}
     assert manifest.extra["report"].endswith("/runs/r1/reports/summary/index.html")
-    folder = Path(run.stage(STAGE_NAME).removeprefix("file://"))
+    assert manifest.extra["reports"] == ["index.html", "summary.json"]
+    assert outcomes[-1].reports == (manifest.extra["report"],
+                                    (run.stage(STAGE_NAME) / "summary.json").url)
+    folder = root_of(run) / "reports/summary"
     written = json.loads((folder / "summary.json").read_text())
     assert written["evaluation"]["text"]["metrics"]["perplexity"] == 27.1
     parse((folder / "index.html").read_text())
-    again = run_pipeline(cfg, [evaluate_images, stage])
+    again = run_pipeline(cfg, [*absent, stage])
     assert again[-1].state == "cached"
 
 
+def root_of(run: RunPaths) -> Path:
+    return Path(run.run.url.removeprefix("file://"))
+
+
 def test_any_subset_of_inputs(tmp_path: Path) -> None:
-    """Only dedup/text published, training disabled, no evaluate stage wired yet."""
-    run = RunPaths(f"file://{tmp_path}", "r2")
+    """Only dedup/text published, training disabled, no evaluate stage in the run."""
+    run = RunPaths(Location(f"file://{tmp_path}"), "r2")
     counts, extra = _dedup("text", raw=5, kept=4, dups={"exact": 1}, quarantined_ingest=0)
     _publish(run, "dedup/text", counts, extra)
     cfg = config_from_dict({"run_id": "r2", "storage": {"root": f"file://{tmp_path}"},
                             "modalities": ["text"], "train": {"text": {"enabled": False}}})
-    stage = summary_report_stage(["text"], include_evaluate=False)
-    assert stage.inputs == ("dedup/text", "train/text") and stage.kind == "local"
-    outcomes = run_pipeline(cfg, [train_stage("text"), stage])
-    assert [o.state for o in outcomes] == ["skipped", "ran"]
-    folder = Path(run.stage(STAGE_NAME).removeprefix("file://"))
+    stage = summary_report_stage()
+    others = [s for s in _absent(stage.inputs, run) if s.name != "train/text"]
+    outcomes = run_pipeline(cfg, [train_stage("text"), *others, stage])
+    assert [o.state for o in outcomes] == ["skipped"] * (1 + len(others)) + ["ran"]
+    folder = root_of(run) / "reports/summary"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["training"] == {} and summary["evaluation"] == {}
     assert summary["links"] == {}  # no dedup report, no train or evaluate report
@@ -255,10 +295,10 @@ def test_any_subset_of_inputs(tmp_path: Path) -> None:
     text = "".join(parse((folder / "index.html").read_text()).text)
     assert "no training stage in this run" in text
     assert "no evaluation stage in this run" in text
-    # Inputs that neither ran nor are disabled stop the run (the runner's rule), naming them;
-    # hence include_evaluate=False while the graph has no evaluate stages.
-    with pytest.raises((StageFailed, ValueError), match="evaluate/text"):
-        run_pipeline(cfg, [train_stage("text"), summary_report_stage(["text"])])
+    # Inputs that neither ran, were published nor are disabled stop the run before it
+    # starts (the runner's rule), naming them.
+    with pytest.raises(SelectionError, match="input evaluate/text was never published"):
+        run_pipeline(cfg, [train_stage("text"), stage])
 
 
 def test_no_inputs_at_all_renders_a_page() -> None:
@@ -270,7 +310,7 @@ def test_no_inputs_at_all_renders_a_page() -> None:
 
 
 def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
-    run = RunPaths(f"file://{tmp_path}", "r3")
+    run = RunPaths(Location(f"file://{tmp_path}"), "r3")
     _publish(run, "train/text", {"epochs": 1}, {})  # no result.json listed
     with pytest.raises(ValueError, match=r"train/text: the manifest lists no result.json"):
         collect_summary(run, _inputs(run, ("train/text",)))
@@ -283,21 +323,43 @@ def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
         summary_figures("r3", {}, {"evaluate/text": bad_eval}, {})
     with pytest.raises(ValueError, match=r"no result.json given for trained task\(s\)"):
         summary_figures("r3", {}, {"train/text": Manifest(stage="train/text", files=())}, {})
-    with pytest.raises(ValueError, match="at least one task"):
-        summary_report_stage([])
 
 
 def test_stage_never_needs_spark(tmp_path: Path) -> None:
     run = _fake_run(tmp_path, with_evaluate=False)
     cfg = config_from_dict({"run_id": "r1", "storage": {"root": f"file://{tmp_path}"}})
-    stage = summary_report_stage(["text", "images"])
+    stage = summary_report_stage()
     writer = StageWriter(run.stage(STAGE_NAME), STAGE_NAME)
 
     def no_spark() -> Any:
         raise AssertionError("the summary stage asked for Spark")
 
-    ctx = StageContext(cfg, run, writer.staging_url, _inputs(run, stage.inputs), no_spark)
+    ctx = StageContext(cfg, run, writer.staging, _inputs(run, stage.inputs), no_spark)
     result = stage.run(ctx)
     assert result.row_counts["evaluated"] == 0 and result.row_counts["trained"] == 2
     writer.publish(row_counts=result.row_counts, extra=result.extra)
     assert read_manifest(run.stage(STAGE_NAME)).file("index.html").size > 0
+
+
+def test_report_links_follow_the_manifests() -> None:
+    """One rule: a stage's reports are its manifest's .html/.json files named by
+    extra['report'] (its main report, matched by the stage-relative tail, so a copied run
+    still links) or extra['reports']; anything else is no report."""
+    from pipeline.orchestrator.reports import report_files
+
+    def manifest(stage: str, files: tuple[str, ...], **extra: Any) -> Manifest:
+        return Manifest(stage=stage, files=tuple(FileEntry(f, 1, "0" * 64) for f in files),
+                        extra=extra)
+
+    moved = manifest("evaluate/text", ("metrics.json", "predictions/test.parquet",
+                                       "report.html"),
+                     report="file:///elsewhere/runs/old/evaluate/text/report.html",
+                     reports=["report.html", "metrics.json"])
+    assert report_files(moved) == ["report.html", "metrics.json"]
+    unlisted = manifest("train/text", ("result.json",), report="file:///x/train_text.json")
+    dedup = manifest("reports/dedup", ("dedup.html", "dedup.json"),
+                     report="file:///r/runs/a/reports/dedup/dedup.html")
+    assert report_files(unlisted) == [] and report_files(dedup) == ["dedup.html"]
+    assert report_links({"evaluate/text": moved, "train/text": unlisted}, dedup) == {
+        "dedup report": "../dedup/dedup.html",
+        "evaluation report text": "../../evaluate/text/report.html"}

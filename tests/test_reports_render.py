@@ -8,7 +8,7 @@ page made was file:// or data:. Anything else is also aborted by a route, so a r
 report cannot reach the network while the test runs.
 
 `assert_renders(path)` is the reusable check: call it on any report, e.g. each
-`<run>/reports/evaluate_<task>.html` once the evaluate stages are in the graph.
+`<run>/evaluate/<task>/report.html`.
 """
 
 from __future__ import annotations
@@ -215,38 +215,43 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> Any:
     the report its data: URI thumbnails, and the text LSH S-curve is drawn from the config
     alone), then a hand-made train stage (real Ray training is tested in tests/train) and
     the summary stage over both."""
+    from pipeline import modalities
     from pipeline.config import config_from_dict
     from pipeline.dedup.stage import dedup_report_stage, dedup_stage
-    from pipeline.ingest.stage import MODALITIES, ingest_stage
-    from pipeline.orchestrator import run_pipeline
+    from pipeline.ingest.stage import ingest_stage
+    from pipeline.orchestrator import Stage, run_pipeline
     from pipeline.orchestrator.stages import synth_stage
     from pipeline.report import summary_report_stage
-    from pipeline.storage import RunPaths, StageWriter, join, write_json_atomic
+    from pipeline.storage import Location, RunPaths, StageWriter
 
     root = tmp_path_factory.mktemp("render")
     cfg = config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
                             "modalities": ["images"], "synth": {"scale": 0.1},
                             "spark": {"shuffle_partitions": 2}})
-    run_pipeline(cfg, [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
-                       *(dedup_stage(m) for m in MODALITIES), dedup_report_stage(MODALITIES)])
-    run = RunPaths(f"file://{root}", "t")
+    names = modalities.names()
+    run_pipeline(cfg, [synth_stage(), *(ingest_stage(m) for m in names),
+                       *(dedup_stage(m) for m in names), dedup_report_stage()])
+    run = RunPaths(Location(f"file://{root}"), "t")
     losses = [(2.3, 2.2), (1.7, 1.9), (1.2, 1.8), (0.9, 1.8)]
     history = [{"epoch": float(i + 1), "train_loss": t, "val_loss": v}
                for i, (t, v) in enumerate(losses)]
+    # A train stage as the trainer publishes it: result.json is its report.
     writer = StageWriter(run.stage("train/images"), "train/images")
-    write_json_atomic(join(writer.staging_url, "result.json"),
-                      {"task": "images", "history": history, "best_checkpoint": None,
-                       "best_val_loss": min(v for _, v in losses)})
-    writer.publish(row_counts={"epochs": len(history)})
-    # What the trainer writes beside the stage, so the summary's link to it resolves.
-    write_json_atomic(join(run.reports, "train_images.json"), {"task": "images",
-                                                               "history": history})
-    run_pipeline(cfg, [summary_report_stage(["images"], include_evaluate=False)])
+    (writer.staging / "result.json").write_json(
+        {"task": "images", "history": history, "best_checkpoint": None,
+         "best_val_loss": min(v for _, v in losses)})
+    writer.publish(row_counts={"epochs": len(history)},
+                   extra={"report": (run.stage("train/images") / "result.json").url})
+    summary = summary_report_stage()
+    published = {"dedup/images", "train/images"}
+    disabled = [Stage(name=n, run=lambda ctx: pytest.fail("disabled"), config_of=lambda c: 0,
+                      enabled=lambda c: False) for n in summary.inputs if n not in published]
+    run_pipeline(cfg, [*disabled, summary])
     return run
 
 
-def _local(url: str) -> Path:
-    return Path(url.removeprefix("file://"))
+def _local(loc: Any) -> Path:
+    return Path(loc.url.removeprefix("file://"))
 
 
 def test_dedup_report_renders_offline(browser: Any, tiny_run: Any) -> None:
@@ -262,7 +267,7 @@ def test_summary_report_renders_offline(browser: Any, tiny_run: Any) -> None:
     labels = [s["label"] for s in rendered.svgs]
     assert labels == ["images: records", "images: loss per epoch"]
     hrefs = re.findall(r'<a href="([^"]+)"', page.read_text(encoding="utf-8"))
-    assert hrefs == ["../dedup/dedup.html", "../train_images.json"]
+    assert hrefs == ["../dedup/dedup.html", "../../train/images/result.json"]
     assert all((page.parent / h).resolve().is_file() for h in hrefs), hrefs
     assert all(s["ink"] > 200 for s in rendered.svgs)
 
@@ -308,10 +313,11 @@ def _evaluation_report(task: str) -> dict[str, Any]:
 def test_evaluation_reports_render_offline(task: str, plots: int, tmp_path: Path,
                                            browser: Any) -> None:
     from pipeline.evaluate.report import write_evaluation_report
+    from pipeline.storage import Location
 
-    page = tmp_path / "reports" / f"evaluate_{task}.html"
-    write_evaluation_report(_evaluation_report(task), str(page),
-                            str(tmp_path / "reports" / f"evaluate_{task}.json"))
+    page = tmp_path / "evaluate" / task / "report.html"
+    write_evaluation_report(_evaluation_report(task), Location(str(page)),
+                            Location(str(tmp_path / "evaluate" / task / "metrics.json")))
     rendered = assert_renders(page, min_svgs=plots, context=browser)
     assert len(rendered.svgs) == plots
 

@@ -265,7 +265,7 @@ def text_dedup(spark: SparkSession, curated: DataFrame, cfg: DedupConfig) -> Ded
     """The text modality's dedup: exact (content hash), then MinHash-LSH near-duplicates
     of the exact survivors; duplicates of both rules point at the final kept document."""
     from pipeline.dedup.exact import exact_dedup, remap_clusters
-    from pipeline.modalities import DedupOutput  # noqa: F811 (runtime import)
+    from pipeline.modalities import DedupOutput
 
     kept_exact, dup_exact = exact_dedup(curated, "doc_id", "content_hash")
     # The near-dup stage scans its input several times: keep the exact-dedup shuffle
@@ -274,4 +274,8 @@ def text_dedup(spark: SparkSession, curated: DataFrame, cfg: DedupConfig) -> Ded
     near = text_near_dedup(spark, kept_exact, cfg)
     duplicates = remap_clusters(dup_exact, near.kept, "doc_id", later=near.duplicates
                                 ).unionByName(near.duplicates)
-    return DedupOutput(near.kept, duplicates, None, kept_exact.unpersist)
+
+    def release() -> None:
+        kept_exact.unpersist()
+
+    return DedupOutput(near.kept, duplicates, None, release)

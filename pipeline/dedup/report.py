@@ -31,7 +31,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline import html as H
-from pipeline.storage import write_bytes_atomic, write_json_atomic
+from pipeline.storage import Location
 from pipeline.textnorm import jaccard, word_shingles
 
 EXCERPT_CHARS = 600
@@ -234,12 +234,12 @@ def render_dedup_html(prepared: Mapping[str, Any]) -> str:
     return H.page(title, *parts, subtitle="counts, clusters, sampled pairs, quality gates")
 
 
-def write_dedup_report(figures: Mapping[str, Any], out_html_url: str,
-                       out_json_url: str, options: Mapping[str, Any] | None = None
-                       ) -> dict[str, Any]:
-    """Write `dedup.html` and `dedup.json`; returns the JSON-ready dict written."""
+def write_dedup_report(figures: Mapping[str, Any], out_html: Location,
+                       out_json: Location) -> dict[str, Any]:
+    """Write `dedup.html` and `dedup.json` (each atomically); returns the JSON-ready dict
+    written."""
     prepared = prepare(figures)
-    write_bytes_atomic(out_html_url, render_dedup_html(prepared).encode("utf-8"), options)
+    out_html.write_bytes(render_dedup_html(prepared).encode("utf-8"))
     clean = _jsonable(prepared)
-    write_json_atomic(out_json_url, clean, options)
+    out_json.write_json(clean)
     return clean  # type: ignore[no-any-return]

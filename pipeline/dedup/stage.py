@@ -1,117 +1,84 @@
 """The dedup stages: curated Parquet -> deduplicated, split Parquet + duplicates, per
 modality, then one `reports/dedup` stage that renders `dedup.html` + `dedup.json`.
 
-`dedup/<modality>` writes `data/` (kept rows with `cluster_id` and `split`: the training
-input), `duplicates/` (which record was dropped for which, by which rule, how similar)
-and `quarantine/` (transactions' LABEL_CONFLICT rows). It fails unless
+`dedup/<modality>` runs its spec's dedup function (pipeline.modalities) and writes
+`data/` (kept rows with `cluster_id` and `split`: the training input), `duplicates/`
+(which record was dropped for which, by which rule, how similar) and `quarantine/` (what
+the dedup itself quarantined, e.g. transactions' LABEL_CONFLICT rows). It fails unless
 ingest input = kept + duplicates + quarantined (ingest's and its own), and it enforces the
 quality gates before anything is published.
+
+Every Parquet file is read and written through `pipeline.spark_io`, i.e. through the
+stage folders' Locations and their fsspec options.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
 
+from pipeline import modalities
 from pipeline.config import PipelineConfig, to_dict
-from pipeline.ingest.common import (
-    QUARANTINE_SCHEMA,
+from pipeline.dedup.exact import DUPLICATES_SCHEMA
+from pipeline.ingest.common import QUARANTINE_SCHEMA
+from pipeline.orchestrator.stages import Stage, StageContext, StageResult
+from pipeline.spark_io import (
+    parquet_files,
+    read_parquet,
     spark_schema_fingerprint,
     write_parquet,
 )
-from pipeline.orchestrator.stages import Stage, StageContext, StageResult
-from pipeline.storage import join, published_files
+from pipeline.storage import Location, published_files
 
 log = logging.getLogger(__name__)
 
-ID_COLS = {"text": "doc_id", "images": "image_id", "transactions": "txn_id"}
-# What the report shows side by side for a matched pair.
-CONTENT_COLS = {"text": "text", "images": "bytes", "transactions": "source"}
+DUPLICATE_KEYS = ("dropped_id",)
+QUARANTINE_KEYS = ("source", "reason")
 
 
 class DedupReconciliationError(RuntimeError):
     """Input != kept + duplicates + quarantined after dedup."""
 
 
-@dataclass
-class DedupOutput:
-    kept: DataFrame
-    duplicates: DataFrame
-    quarantine: DataFrame
-    release: Callable[[], None] = lambda: None
+def read_stage_table(spark: SparkSession, stage: Location, prefix: str,
+                     schema: T.StructType | str | None = None) -> DataFrame:
+    """The Parquet files a published stage's manifest lists under `prefix` (e.g.
+    'curated/'). When it lists none, an empty table of `schema`; without a schema that is
+    a ValueError naming the stage."""
+    files = published_files(stage, prefix=prefix, suffix=".parquet")
+    if not files and schema is None:
+        raise ValueError(f"{stage.url} lists no Parquet files under {prefix}")
+    return read_parquet(spark, files, schema)
 
 
-def read_stage_table(spark: SparkSession, stage_url: str, prefix: str,
-                     options: Mapping[str, Any] | None = None) -> DataFrame:
-    """The Parquet files a published stage lists under `prefix` (e.g. 'curated/');
-    `options` are the fsspec storage options used to read the manifest."""
-    files = published_files(stage_url, prefix=prefix, suffix=".parquet", options=options)
-    if not files:
-        raise ValueError(f"{stage_url} lists no Parquet files under {prefix}")
-    return spark.read.parquet(*files)
-
-
-def _read_optional(spark: SparkSession, stage_url: str, prefix: str,
-                   options: Mapping[str, Any] | None = None) -> DataFrame:
-    files = published_files(stage_url, prefix=prefix, suffix=".parquet", options=options)
-    return spark.read.parquet(*files) if files else spark.createDataFrame([], QUARANTINE_SCHEMA)
-
-
-def dedup_modality(spark: SparkSession, modality: str, curated: DataFrame,
-                   cfg: PipelineConfig) -> DedupOutput:
-    """Run the modality's dedup rules on its curated rows (no I/O besides Spark's)."""
-    empty_quarantine = spark.createDataFrame([], QUARANTINE_SCHEMA)
-    if modality == "text":
-        from pipeline.dedup.exact import exact_dedup, remap_clusters
-        from pipeline.dedup.lsh import text_near_dedup
-
-        kept_exact, dup_exact = exact_dedup(curated, "doc_id", "content_hash")
-        # The near-dup stage scans its input several times: keep the exact-dedup shuffle
-        # from being recomputed for each scan.
-        kept_exact = kept_exact.persist()
-        near = text_near_dedup(spark, kept_exact, cfg.dedup)
-        duplicates = remap_clusters(dup_exact, near.kept, "doc_id", later=near.duplicates
-                                    ).unionByName(near.duplicates)
-
-        def release() -> None:
-            kept_exact.unpersist()
-
-        return DedupOutput(near.kept, duplicates, empty_quarantine, release)
-    if modality == "images":
-        from pipeline.dedup.images import image_dedup
-
-        result = image_dedup(spark, curated, cfg.dedup,
-                             dhash_max_hamming=cfg.dedup.dhash_max_hamming)
-        return DedupOutput(result.kept, result.duplicates, empty_quarantine, result.release)
-    from pipeline.dedup.transactions import transaction_dedup
-
-    txn = transaction_dedup(spark, curated, cfg.dedup)
-    return DedupOutput(txn.kept, txn.duplicates, txn.quarantine)
+def _empty_quarantine(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([], QUARANTINE_SCHEMA)
 
 
 def run_dedup(ctx: StageContext, modality: str) -> StageResult:
-    """Dedup + split + quality gates of one modality into the stage's staging folder."""
-    from pipeline.quality import enforce_gates, quality_figures
+    """Dedup + split + quality gates of one modality into the stage's output folder."""
+    from pipeline.gates import enforce_gates
+    from pipeline.quality import quality_figures
     from pipeline.split import assign_split
 
+    spec = modalities.get(modality)
     spark = ctx.spark
-    ingest_url = ctx.run.stage(f"ingest/{modality}")
-    ingest = ctx.inputs[f"ingest/{modality}"]
-    curated = read_stage_table(spark, ingest_url, "curated/", ctx.cfg.storage.options)
-    out = dedup_modality(spark, modality, curated, ctx.cfg)
+    ingest_name = f"ingest/{modality}"
+    ingest_stage, ingest = ctx.input(ingest_name), ctx.inputs[ingest_name]
+    curated = read_stage_table(spark, ingest_stage, "curated/")
+    out = spec.dedup(spark, curated, ctx.cfg)
     data = assign_split(out.kept, "cluster_id", ctx.cfg.split)
-    id_col = ID_COLS[modality]
+    data_dir, dup_dir = ctx.output / "data", ctx.output / "duplicates"
+    quarantine_dir = ctx.output / "quarantine"
     try:
-        n_kept = write_parquet(data, join(ctx.staging_url, "data"), [id_col],
+        n_kept = write_parquet(data, data_dir, [spec.id_column],
                                ctx.cfg.spark.shuffle_partitions)
-        n_dup = write_parquet(out.duplicates, join(ctx.staging_url, "duplicates"),
-                              ["dropped_id"], 1)
-        n_quar = write_parquet(out.quarantine, join(ctx.staging_url, "quarantine"),
-                               ["source", "reason"], 1)
+        n_dup = write_parquet(out.duplicates, dup_dir, DUPLICATE_KEYS, 1)
+        n_quar = (write_parquet(out.quarantine, quarantine_dir, QUARANTINE_KEYS, 1)
+                  if out.quarantine is not None else 0)
         schemas = {"data": spark_schema_fingerprint(data)}
     finally:
         out.release()
@@ -120,18 +87,24 @@ def run_dedup(ctx: StageContext, modality: str) -> StageResult:
         raise DedupReconciliationError(
             f"{modality}: {n_in} curated input rows != {n_kept} kept + {n_dup} duplicates + "
             f"{n_quar} quarantined")
-    kept = spark.read.parquet(join(ctx.staging_url, "data"))
-    duplicates = spark.read.parquet(join(ctx.staging_url, "duplicates")) if n_dup else (
-        out.duplicates.limit(0))
-    quarantine = _read_optional(spark, ingest_url, "quarantine/", ctx.cfg.storage.options)
+    # The figures scan the written tables several times: read them once.
+    kept = read_parquet(spark, parquet_files(data_dir), data.schema).persist()
+    duplicates = read_parquet(spark, parquet_files(dup_dir), out.duplicates.schema).persist()
+    quarantine = read_stage_table(spark, ingest_stage, "quarantine/", QUARANTINE_SCHEMA)
     if n_quar:
-        quarantine = quarantine.unionByName(spark.read.parquet(join(ctx.staging_url,
-                                                                    "quarantine")))
-    figures = quality_figures(modality, kept, duplicates=duplicates, quarantine=quarantine,
-                              n_input=int(ingest.row_counts["input"]))
-    gates = enforce_gates(figures, ctx.cfg.gates)  # raises, naming the figure, on failure
-    by_rule = {r["rule"]: int(r["count"]) for r in duplicates.groupBy("rule").count().collect()}
-    splits = {r["split"]: int(r["count"]) for r in kept.groupBy("split").count().collect()}
+        quarantine = quarantine.unionByName(
+            read_parquet(spark, parquet_files(quarantine_dir), QUARANTINE_SCHEMA))
+    try:
+        figures = quality_figures(modality, kept, duplicates=duplicates,
+                                  quarantine=quarantine,
+                                  n_input=int(ingest.row_counts["input"]))
+        gates = enforce_gates(figures, ctx.cfg.gates)  # raises, naming the failing figure
+        by_rule = {r["rule"]: int(r["count"])
+                   for r in duplicates.groupBy("rule").count().collect()}
+        splits = {r["split"]: int(r["count"]) for r in kept.groupBy("split").count().collect()}
+    finally:
+        kept.unpersist()
+        duplicates.unpersist()
     counts = {"input": n_in, "kept": n_kept, "duplicates": n_dup, "quarantined": n_quar}
     counts.update({f"duplicates.{rule}": n for rule, n in sorted(by_rule.items())})
     counts.update({f"split.{s}": n for s, n in sorted(splits.items())})
@@ -152,18 +125,24 @@ def _jsonable(value: Any) -> Any:
                                  else str(v)))
 
 
+def _dedup_config(cfg: PipelineConfig) -> dict[str, Any]:
+    return {"dedup": to_dict(cfg.dedup), "split": to_dict(cfg.split),
+            "gates": to_dict(cfg.gates), "partitions": cfg.spark.shuffle_partitions}
+
+
 def dedup_stage(modality: str) -> Stage:
     """The `dedup/<modality>` stage, reading the `ingest/<modality>` output."""
+    modalities.get(modality)  # ValueError naming the known ones
     return Stage(
         name=f"dedup/{modality}",
         run=lambda ctx: run_dedup(ctx, modality),
-        config_of=lambda cfg: {"dedup": to_dict(cfg.dedup), "split": to_dict(cfg.split),
-                               "gates": to_dict(cfg.gates),
-                               "partitions": cfg.spark.shuffle_partitions},
+        config_of=_dedup_config,
         inputs=(f"ingest/{modality}",),
         enabled=lambda cfg: modality in cfg.modalities,
         description=f"deduplicate, split and gate the curated {modality}",
         kind="spark",
+        factory="pipeline.dedup.stage:dedup_stage",
+        args=(modality,),
     )
 
 
@@ -171,46 +150,41 @@ def _run_report(ctx: StageContext) -> StageResult:
     from pipeline.dedup.report import collect_modality, write_dedup_report
 
     spark = ctx.spark
-    modalities: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
     for name, manifest in ctx.inputs.items():
         modality = name.split("/", 1)[1]
-        stage_url = ctx.run.stage(name)
-        options = ctx.cfg.storage.options
-        kept = read_stage_table(spark, stage_url, "data/", options)
-        dup_files = published_files(stage_url, prefix="duplicates/", suffix=".parquet",
-                                    options=options)
-        duplicates = spark.read.parquet(*dup_files) if dup_files else spark.createDataFrame(
-            [], "dropped_id string, kept_id string, rule string, similarity double, "
-                "cluster_id string")
-        records = read_stage_table(spark, ctx.run.stage(f"ingest/{modality}"), "curated/",
-                                   options)
-        id_col = "source" if modality == "transactions" else ID_COLS[modality]
-        entry = collect_modality(kept, duplicates, records, id_col=id_col,
-                                 content_col=CONTENT_COLS[modality],
+        report = modalities.get(modality).dedup_report
+        stage = ctx.input(name)
+        kept = read_stage_table(spark, stage, "data/")
+        duplicates = read_stage_table(spark, stage, "duplicates/", DUPLICATES_SCHEMA)
+        records = read_stage_table(spark, ctx.input(f"ingest/{modality}"), "curated/")
+        entry = collect_modality(kept, duplicates, records, id_col=report.id_column,
+                                 content_col=report.content_column,
                                  quarantined=int(manifest.row_counts["quarantined"]),
                                  n_input=int(manifest.row_counts["input"]),
-                                 seed=ctx.cfg.dedup.seed,
-                                 pair_rules=None if modality == "transactions" else ("near_dup",))
+                                 seed=ctx.cfg.dedup.seed, pair_rules=report.pair_rules)
         entry["quality"] = manifest.extra.get("quality", {})
         entry["gates"] = manifest.extra.get("gates", [])
-        modalities[modality] = entry
+        entries[modality] = entry
     figures = {"run_id": ctx.run.run_id, "config": to_dict(ctx.cfg.dedup),
-               "modalities": modalities}
-    write_dedup_report(figures, join(ctx.staging_url, "dedup.html"),
-                       join(ctx.staging_url, "dedup.json"), ctx.cfg.storage.options)
-    final = join(ctx.run.stage("reports/dedup"), "dedup.html")
+               "modalities": entries}
+    write_dedup_report(figures, ctx.output / "dedup.html", ctx.output / "dedup.json")
+    final = ctx.run.stage("reports/dedup") / "dedup.html"
     return StageResult(row_counts={f"{m}.kept": v["counts"]["kept"]
-                                   for m, v in modalities.items()},
-                       summary=f"report: {final}")
+                                   for m, v in entries.items()},
+                       extra={"report": final.url, "reports": ["dedup.html", "dedup.json"]},
+                       summary=f"report: {final.url}")
 
 
-def dedup_report_stage(modalities: tuple[str, ...]) -> Stage:
-    """`reports/dedup`: the HTML + JSON report over every modality's dedup output."""
+def dedup_report_stage() -> Stage:
+    """`reports/dedup`: the HTML + JSON report over the dedup output of every registered
+    modality the run has (a disabled one is simply absent from the stage's inputs)."""
     return Stage(
         name="reports/dedup",
         run=_run_report,
         config_of=lambda cfg: {"seed": cfg.dedup.seed, "modalities": list(cfg.modalities)},
-        inputs=tuple(f"dedup/{m}" for m in modalities),
+        inputs=tuple(f"dedup/{m}" for m in modalities.names()),
         description="render dedup.html and dedup.json",
         kind="spark",
+        factory="pipeline.dedup.stage:dedup_report_stage",
     )

@@ -1,8 +1,9 @@
 """Evaluation of trained models, and batch inference.
 
-- `evaluate_stage(task)` (pipeline.evaluate.stage): the `evaluate/<task>` stage: best
-  checkpoint of `train/<task>` scored on the test split, metrics, HTML report, gates;
-- `predict_table(cfg, task, input_url, output_url)` (pipeline.evaluate.predict): score any
+- `evaluate_stage(modality)` (pipeline.evaluate.stage): the `evaluate/<modality>` stage:
+  best checkpoint of `train/<modality>` scored on the test split, metrics, HTML report,
+  gates, all from the modality's spec (pipeline.modalities);
+- `predict_table(cfg, modality, source, output)` (pipeline.evaluate.predict): score any
   Parquet table through the same Ray Data actor pool, with lineage in its manifest;
 - `load_trained` (pipeline.evaluate.model): a verified checkpoint as a ready model;
 - pipeline.evaluate.metrics: the metrics in plain numpy;

@@ -1,10 +1,10 @@
-"""From prediction tables to evaluation figures, per task.
+"""From prediction tables to evaluation figures, one function per modality.
 
-`task_figures(task, predictions, labels, curve_points)` takes the sorted prediction tables
-of the scored splits (`{"test": table}`, plus `"val"` for the fraud threshold) and returns
-`(metrics, details)`:
+Each modality's spec (`evaluation.figures`, pipeline.modalities) calls its function here
+with the sorted prediction tables of the scored splits (`{"test": table}`, plus `"val"`
+for the fraud threshold); each returns `(metrics, details)`:
 
-- `metrics`: flat {name: float}, what the gates (pipeline.quality) and the manifest read.
+- `metrics`: flat {name: float}, what the gates (pipeline.gates) and the manifest read.
   text: loss, perplexity, bits_per_byte, documents, bytes. images: loss, accuracy,
   macro_f1, `precision.<class>`, `recall.<class>`, `f1.<class>`, rows, unknown_label_rows.
   transactions: roc_auc, pr_auc, threshold, precision, recall, f1 (at the threshold on
@@ -105,19 +105,6 @@ def fraud_figures(test: pa.Table, val: pa.Table | None, curve_points: int = 200
                "at_threshold": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
                **_curves(scores, truth, curve_points)}
     return figures, details
-
-
-def task_figures(task: str, predictions: Mapping[str, pa.Table], labels: Sequence[str] = (),
-                 curve_points: int = 200) -> tuple[dict[str, float], dict[str, Any]]:
-    """(flat metrics, report details) of one task's sorted prediction tables."""
-    test = predictions["test"]
-    if task == "text":
-        return text_figures(test)
-    if task == "images":
-        return image_figures(test, labels)
-    if task == "transactions":
-        return fraud_figures(test, predictions.get("val"), curve_points)
-    raise ValueError(f"unknown task {task!r}")
 
 
 def finite_or_none(metrics: Mapping[str, float]) -> dict[str, float | None]:

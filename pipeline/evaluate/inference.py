@@ -6,7 +6,8 @@ then turns every Arrow batch into per-row prediction columns with `predict_batch
 conversion of rows into tensors is the task's own (`task.to_tensors(train=False)`), so rows
 are scored exactly as validation scored them during training.
 
-Prediction schema (one row per input row; `PREDICTION_SCHEMA_DOC` spells it out):
+Prediction schema (one row per input row; each modality's spec spells it out in
+`evaluation.prediction_schema`):
 
 - text: `doc_id`, `n_bytes` (UTF-8 bytes scored), `nll_bits` (summed NLL of those bytes in
   bits), `eos_nll_bits` (NLL of the end-of-document token). The whole document is scored in
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 
 from pipeline.config import PipelineConfig
 from pipeline.evaluate.model import TrainedModel, load_trained
+from pipeline.storage import Location
 from pipeline.train.data import numpy_friendly
 from pipeline.train.tasks.images import ImageClassifierTask
 from pipeline.train.tasks.text import BOS_ID, EOS_ID, N_BYTES, PAD_ID, TextLMTask
@@ -178,7 +180,7 @@ def image_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str
 
 
 def transaction_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
-    batch = _numpy(table.select(list(evaluation_of("transactions").feature_columns)))
+    batch = _numpy(table.select(list(evaluation_of(trained.meta.task).feature_columns)))
     # The task's raw-row conversion also builds the training target; it is not used here.
     batch["is_fraud"] = np.zeros(table.num_rows, dtype=np.float32)
     scores = []
@@ -218,8 +220,8 @@ class ModelSpec:
     """Everything an actor needs to load the model (pickled into each actor)."""
 
     cfg: PipelineConfig
-    task_name: str
-    checkpoint_url: str
+    modality: str
+    checkpoint: Location
     checkpoint_digest: str  # what the driver verified; actors must load the same bytes
     task_state: Mapping[str, Any] = field(default_factory=dict)
 
@@ -230,11 +232,11 @@ class Predictor:
     def __init__(self, spec: ModelSpec) -> None:
         torch.set_num_threads(spec.cfg.evaluate.cpus_per_actor)
         self.chunk = spec.cfg.evaluate.batch_size
-        self.trained = load_trained(spec.cfg, spec.task_name, spec.checkpoint_url,
+        self.trained = load_trained(spec.cfg, spec.modality, spec.checkpoint,
                                     spec.task_state)
         if self.trained.checkpoint_digest != spec.checkpoint_digest:
             raise RuntimeError(
-                f"{spec.checkpoint_url} changed after the driver verified it: model.pt "
+                f"{spec.checkpoint} changed after the driver verified it: model.pt "
                 f"sha256 {self.trained.checkpoint_digest[:12]} != "
                 f"{spec.checkpoint_digest[:12]}")
 
@@ -260,11 +262,11 @@ def _sort_keys(table: pa.Table, id_col: str) -> list[tuple[str, str]]:
     return keys
 
 
-def collect_sorted(ds: ray.data.Dataset, task_name: str) -> pa.Table:
+def collect_sorted(ds: ray.data.Dataset, modality: str) -> pa.Table:
     """All prediction rows on the driver, sorted by id (then row key), without the key."""
     import ray
 
-    id_col = id_column(task_name)
+    id_col = id_column(modality)
     parts = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
     if not parts:
         return pa.table({id_col: pa.array([], pa.string())})
@@ -273,13 +275,13 @@ def collect_sorted(ds: ray.data.Dataset, task_name: str) -> pa.Table:
     return table.drop_columns([c for c in (ORDER_COLUMN,) if c in table.column_names])
 
 
-def stream_sorted(ds: ray.data.Dataset, task_name: str, batch_rows: int = 65_536
+def stream_sorted(ds: ray.data.Dataset, modality: str, batch_rows: int = 65_536
                   ) -> Iterator[pa.Table]:
     """Prediction rows sorted by id (then row key) with a distributed Ray sort, streamed
     to the driver in order: for tables whose predictions need not fit in memory."""
     from ray.data import DataContext
 
-    id_col = id_column(task_name)
+    id_col = id_column(modality)
     ctx = DataContext.get_current()
     before = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # blocks in sorted order, not as finished

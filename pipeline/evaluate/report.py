@@ -1,18 +1,20 @@
-"""The evaluation report: `reports/evaluate_<task>.html` (self-contained) and `.json`.
+"""The evaluation report: `report.html` (self-contained) beside `metrics.json` in the
+`evaluate/<modality>` stage folder.
 
-Rendered from the same dict the stage writes as `metrics.json`, plus the training history:
+Rendered from the same dict the stage writes as `metrics.json`:
 
-    {"task": str, "run_id": str, "metrics": {name: float | None},
-     "details": {...},            # pipeline.evaluate.figures (per class, curves, threshold)
-     "samples": [{"prompt", "continuation", "reference"}],   # text only
+    {"modality": str, "run_id": str, "metrics": {name: float | None},
+     "details": {...},            # the modality's figures (per class, curves, threshold)
+     "samples": [{"prompt", "continuation", "reference"}],   # modalities with samples
      "gates": [GateResult.to_dict(), ...],
-     "history": [{"epoch", "train_loss", "val_loss", ...}],   # train/<task> result.json
+     "history": [{"epoch", "train_loss", "val_loss", ...}],   # train/<modality> result.json
      "checkpoint": url, "checkpoint_digest": sha256, "data_digest": str, "rows": {...}}
 
 Every chart is inline SVG (pipeline.html); the page makes no external requests and needs
-no script. Sections: headline figures, gates, the task's own plots (text: samples;
-images: per-class table and confusion heatmap; transactions: ROC and PR curves with the
-threshold), training curves, lineage.
+no script. Sections: headline figures, gates, the modality's own section (its spec's
+`report_section`: text samples; images' per-class table and confusion heatmap;
+transactions' ROC and PR curves with the threshold), training curves, lineage. A report of
+a stage that did not publish (a gate failed) carries a banner saying so.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import html as H
-from pipeline.storage import write_bytes_atomic, write_json_atomic
+from pipeline.storage import Location
+
 
 def _value(v: Any) -> Any:
     return "undefined" if v is None else v
@@ -35,7 +38,7 @@ def _number(v: Any) -> float:
 
 def _gates(gates: Sequence[Mapping[str, Any]]) -> H.Html:
     if not gates:
-        return H.paragraph("No gate applies to this task's figures.", "muted")
+        return H.paragraph("No gate applies to this modality's figures.", "muted")
     rows = [[H.Html(f'<span class="{"pass" if g["passed"] else "fail"}">'
                     f'{"pass" if g["passed"] else "FAIL"}</span>'), g["gate"], g["figure"],
              g["value"], f'{g["op"]} {g["threshold"]:g}'] for g in gates]
@@ -107,17 +110,19 @@ def transaction_section(report: Mapping[str, Any]) -> list[H.Html]:
     return out
 
 
-def render_evaluation_html(report: Mapping[str, Any]) -> H.Html:
-    """The report page of one task."""
+def render_evaluation_html(report: Mapping[str, Any], banner: str | None = None) -> H.Html:
+    """The report page of one modality; `banner` (e.g. "this stage did not publish: ...")
+    is shown first, in red."""
     from pipeline import modalities
 
-    task = str(report["task"])
-    spec = modalities.get(task).evaluation
+    modality = str(report["modality"])
+    spec = modalities.get(modality).evaluation
     metrics = report.get("metrics", {})
     shown = spec.headline if spec is not None else ()
     headline = {k: _value(metrics.get(k)) for k in shown if k in metrics}
-    body: list[H.Html] = [H.section("headline figures (test split)", H.key_values(headline)),
-                          H.section("gates", _gates(report.get("gates", [])))]
+    body: list[H.Html] = [H.paragraph(banner, "fail banner")] if banner else []
+    body += [H.section("headline figures (test split)", H.key_values(headline)),
+             H.section("gates", _gates(report.get("gates", [])))]
     if spec is not None and spec.report_section is not None:
         title, section = spec.report_section
         body.append(H.section(title, *section(report)))
@@ -127,13 +132,13 @@ def render_evaluation_html(report: Mapping[str, Any]) -> H.Html:
                "data manifest digest": report.get("data_digest"),
                **{f"{k} rows": v for k, v in report.get("rows", {}).items()}}
     body.append(H.section("lineage", H.key_values(lineage)))
-    title = f"Evaluation: {task}" + (f" — run {report['run_id']}" if report.get("run_id")
-                                      else "")
+    title = f"Evaluation: {modality}" + (f" — run {report['run_id']}" if report.get("run_id")
+                                          else "")
     return H.page(title, *body, subtitle=report.get("summary", ""))
 
 
-def write_evaluation_report(report: Mapping[str, Any], html_url: str, json_url: str,
-                            options: Mapping[str, Any] | None = None) -> None:
+def write_evaluation_report(report: Mapping[str, Any], html: Location, json: Location,
+                            banner: str | None = None) -> None:
     """Write the HTML page and the JSON figures, each to a temporary name first."""
-    write_bytes_atomic(html_url, render_evaluation_html(report).encode("utf-8"), options)
-    write_json_atomic(json_url, dict(report), options)
+    html.write_bytes(render_evaluation_html(report, banner).encode("utf-8"))
+    json.write_json(dict(report))

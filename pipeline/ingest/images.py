@@ -2,8 +2,8 @@
 
 Every listed file is one record and lands in exactly one output. The checks, in order:
 
-- FILE_TOO_LARGE: `length > cfg.max_bytes`, decided from the file listing; the binary
-  source's pushed-down length filter means such a file is never read at all;
+- FILE_TOO_LARGE: `length > cfg.max_bytes`, decided from the file listing; such a file
+  is never read at all (`read_files(max_bytes=...)`);
 - UNDECODABLE_IMAGE: Pillow recognises no image format in the bytes (the format always
   comes from the bytes, never from the file name);
 - PIXEL_LIMIT: the header claims more than `cfg.max_pixels` pixels, checked on the header
@@ -35,14 +35,9 @@ from pyspark.sql import types as T
 
 from pipeline.config import ImageInputConfig
 from pipeline.ingest.common import IngestResult, quarantine_rows
-from pipeline.ingest.lines import (
-    input_roots,
-    list_input_files,
-    read_files,
-    relative_key,
-    spark_path_to_uri,
-    stable_id,
-)
+from pipeline.ingest.lines import input_roots, list_input_files, relative_key, stable_id
+from pipeline.spark_io import read_files
+from pipeline.storage import Location
 
 # Files are selected by these extensions only (a folder's README or .DS_Store is not an
 # image record); what they hold is then decided from their bytes.
@@ -179,20 +174,21 @@ def _label(key: Column) -> Column:
 
 
 def ingest_images(spark: SparkSession, cfg: ImageInputConfig,
-                  inputs: Sequence[str]) -> IngestResult:
+                  inputs: Sequence[Location]) -> IngestResult:
     """Read image files (by `IMAGE_EXTENSIONS`, recursively) under `inputs` into curated
     image rows (`CURATED_COLUMNS`) and quarantine rows; see the module docstring.
 
     `image_id` is the first 16 hex digits of SHA-256 over `<i>/<path relative to input i>`;
     `content_hash` is the hex SHA-256 of the file's bytes; `label` is the class folder.
-    `n_input` is the number of files listed, so every listed file must come out once."""
+    `n_input` is the number of files listed, so every listed file must come out once;
+    `source` is the file URL (`file:///x/cat/1.png`)."""
     files = list_input_files(inputs, IMAGE_EXTENSIONS)
-    uri = spark_path_to_uri(F.col("path"))
+    uri = F.col("path")  # the file URL, as list_input_files spells it
     key = relative_key(uri, input_roots(inputs))
-    listed = read_files(spark, files).select(
+    listed = read_files(spark, files, max_bytes=cfg.max_bytes).select(
         "path", "content", "length", uri.alias("source"), key.alias("key"))
 
-    # Only `length` is read here, so the binary source never opens these files.
+    # Files over max_bytes were never read: their content is null, `length` is listed.
     too_large = quarantine_rows(
         listed.filter(F.col("length") > cfg.max_bytes), stage="ingest",
         source=F.col("source"), reason=F.lit("FILE_TOO_LARGE"),

@@ -1,13 +1,14 @@
-"""Reading raw files into Spark with exact lineage: file URI and 1-based line number.
+"""Reading raw files into Spark with exact lineage: file URL and 1-based line number.
 
 Spark's text and JSON readers decode bytes leniently (invalid UTF-8 becomes U+FFFD) and
-forget line numbers. Lineage and strict UTF-8 both need the bytes, so we read each file
-with the binary file source and split it into lines inside Arrow batches: newline
-positions are found with numpy over the whole file, and strict decoding is one C call per
-file, falling back to per-line decoding only for the rare file that fails.
+forget line numbers. Lineage and strict UTF-8 both need the bytes, so each file is read
+whole (`pipeline.spark_io.read_files`, through its fsspec Location in the executors) and
+split into lines inside Arrow batches: newline positions are found with numpy over the
+whole file, and strict decoding is one C call per file, falling back to per-line decoding
+only for the rare file that fails.
 
-Files are read whole, so one raw file must fit in an executor's memory (Spark's binary
-source caps a file at 2 GB). Shard bigger inputs; the common JSONL/CSV writers do.
+Files are read whole, so one raw file must fit in an executor's memory (and in 2 GiB).
+Shard bigger inputs; the common JSONL/CSV writers do.
 """
 
 from __future__ import annotations
@@ -20,89 +21,52 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipeline.storage import filesystem, to_url
+from pipeline.spark_io import read_files
+from pipeline.storage import Location
 
 LINES_SCHEMA = "path string, line long, text string, raw binary"
 _ARROW_LINES = pa.schema([("path", pa.string()), ("line", pa.int64()), ("text", pa.string()),
                           ("raw", pa.binary())])
+# What `read_lines` and `count_nonblank_lines` treat as blank: ASCII whitespace only.
+BLANK_BYTES = (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20)
 
 
-def list_input_files(urls: Sequence[str], extensions: Sequence[str]) -> list[str]:
-    """Every file under `urls` (files or folders, searched recursively) whose name ends with
-    one of `extensions` (case-insensitive), as sorted file URIs. Hidden files and names
-    starting with '_' (markers, manifests) are skipped."""
+def list_input_files(inputs: Sequence[Location], extensions: Sequence[str]) -> list[Location]:
+    """Every file under `inputs` (files or folders, searched recursively) whose name ends
+    with one of `extensions` (case-insensitive), sorted by URL, each on its input's store
+    (same options). Hidden files, names starting with '_' (markers, manifests) and staging
+    folders are skipped."""
     exts = tuple(e.lower() for e in extensions)
-    found: set[str] = set()
-    for url in urls:
-        url = to_url(url)
-        fs, root = filesystem(url)
-        protocol = url.split("://", 1)[0]
-        candidates = [root] if fs.isfile(root) else fs.find(root)
-        for path in candidates:
-            name = posixpath.basename(path)
+    found: dict[str, Location] = {}
+    for root in inputs:
+        fs, path = root.filesystem()
+        candidates = [path] if fs.isfile(path) else fs.find(path)
+        for candidate in candidates:
+            name = posixpath.basename(candidate)
             if name.startswith((".", "_")) or not name.lower().endswith(exts):
                 continue
-            if "/_staging/" in path:
+            if "/_staging/" in candidate:
                 continue
-            found.add(f"{protocol}://{path}" if protocol != "file" else f"file://{path}")
-    return sorted(found)
+            url = root.url_of(candidate)
+            found.setdefault(url, root.at(url))
+    return [found[url] for url in sorted(found)]
 
 
-FILES_SCHEMA = "path string, content binary, length long"
-
-
-def read_files(spark: SparkSession, files: Sequence[str], include_empty: bool = True) -> DataFrame:
-    """The binary file source over exactly `files`: columns path, content, length.
-
-    Spark's file index silently skips zero-length files, which would drop a record without a
-    trace where a file is one record (a .txt document, an image). With `include_empty` the
-    empty ones (found by a size look-up of `files`) come back as rows with empty content and
-    `path` spelled as Spark spells it (`file:/x`)."""
+def count_nonblank_lines(spark: SparkSession, files: Sequence[Location]) -> int:
+    """Non-blank lines of `files` (a newline ends a line; blank = only ASCII whitespace),
+    counted in the JVM with Spark's split and regex over the files' bytes: independent of
+    `read_lines`' numpy splitting, so a record lost or doubled by the parse shows."""
     if not files:
-        return spark.createDataFrame([], FILES_SCHEMA)
-    df = (spark.read.format("binaryFile").load(list(files))
-          .select("path", "content", "length"))
-    if include_empty:
-        empty = [(_hadoop_path(f), bytearray(), 0) for f in _empty_files(files)]
-        if empty:
-            df = df.unionByName(spark.createDataFrame(empty, FILES_SCHEMA))
-    return df
+        return 0
+    lines = F.split(F.col("content").cast("string"), "\\n", -1)
+    nonblank = F.filter(lines, lambda line: line.rlike("[^\\t\\n\\x0B\\f\\r ]"))
+    row = read_files(spark, files).agg(F.sum(F.size(nonblank)).alias("n")).first()
+    return int((row["n"] if row is not None else 0) or 0)
 
 
-def _empty_files(files: Sequence[str]) -> list[str]:
-    by_protocol: dict[str, list[str]] = {}
-    for f in files:
-        by_protocol.setdefault(f.split("://", 1)[0], []).append(f)
-    empty: list[str] = []
-    for group in by_protocol.values():
-        fs, _ = filesystem(group[0])
-        # One batched call per filesystem (object stores answer these concurrently).
-        sizes = fs.sizes([filesystem(f)[1] for f in group])
-        empty.extend(f for f, size in zip(group, sizes, strict=True) if not size)
-    return empty
-
-
-def _hadoop_path(uri: str) -> str:
-    # Hadoop writes local files as `file:/x`, not `file:///x`.
-    return "file:" + uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def spark_path_to_uri(path: Column) -> Column:
-    """Spark expression: a path column as Spark spells it (`file:/x`) turned into the URI
-    `list_input_files` returns (`file:///x`), so lineage reads the same as the listing and
-    round-trips through `pipeline.storage`. Other schemes are left alone."""
-    return F.regexp_replace(path, r"^file:/+", "file:///")
-
-
-def input_roots(urls: Sequence[str]) -> list[str]:
+def input_roots(inputs: Sequence[Location]) -> list[str]:
     """The input URLs in the spelling `list_input_files` uses for the files under them."""
-    roots: list[str] = []
-    for url in urls:
-        url = to_url(url)
-        _, root = filesystem(url)
-        protocol = url.split("://", 1)[0]
-        roots.append(f"file://{root}" if protocol == "file" else f"{protocol}://{root}")
-    return roots
+    return [loc.url_of(loc.path) for loc in inputs]
 
 
 def relative_key(uri: Column, roots: Sequence[str]) -> Column:
@@ -127,7 +91,7 @@ def stable_id(*parts: Column) -> Column:
                        1, 16)
 
 
-_WHITESPACE = np.array([0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20], dtype=np.uint8)
+_WHITESPACE = np.array(BLANK_BYTES, dtype=np.uint8)
 
 
 def _split_lines(path: str, content: bytes) -> pa.RecordBatch:
@@ -178,15 +142,15 @@ def _lines_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBa
             yield _split_lines(path, content or b"")
 
 
-def read_lines(spark: SparkSession, files: Sequence[str]) -> DataFrame:
-    """One row per non-blank line of `files`: path, line (1-based), text (None when the
-    line is not valid UTF-8) and raw (the line's bytes without its line ending)."""
-    # Empty files hold no lines, so they need no size look-up.
-    return read_files(spark, files, include_empty=False).select("path", "content").mapInArrow(
+def read_lines(spark: SparkSession, files: Sequence[Location]) -> DataFrame:
+    """One row per non-blank line of `files`: path (the file's URL), line (1-based), text
+    (None when the line is not valid UTF-8) and raw (the line's bytes without its line
+    ending)."""
+    return read_files(spark, files).select("path", "content").mapInArrow(
         _lines_of_batches, LINES_SCHEMA)
 
 
-def whole_text_files(spark: SparkSession, files: Sequence[str]) -> DataFrame:
+def whole_text_files(spark: SparkSession, files: Sequence[Location]) -> DataFrame:
     """One row per file: path, line (null), text (None when not valid UTF-8), raw bytes.
 
     For formats where a file is one record (plain .txt documents)."""

@@ -2,7 +2,8 @@
 
 Every record an ingest (or dedup) stage cannot accept becomes a quarantine row with exactly
 one of these codes. The list is closed: code that quarantines with an unlisted reason is a
-bug, and `check_reason` turns it into an error at the stage boundary.
+bug, and `pipeline.ingest.common.check_reasons` turns it into an error at the stage
+boundary. Each modality's spec (pipeline.modalities) names its list as `reasons`.
 """
 
 from __future__ import annotations
@@ -36,17 +37,3 @@ TRANSACTION_REASONS: Mapping[str, str] = {
     "BAD_FIELD": "another field has an invalid value (MCC not 4 digits, is_fraud not 0/1...)",
     "LABEL_CONFLICT": "dedup: copies of one transaction disagree on is_fraud",
 }
-
-REASONS: Mapping[str, Mapping[str, str]] = {
-    "text": TEXT_REASONS,
-    "images": IMAGE_REASONS,
-    "transactions": TRANSACTION_REASONS,
-}
-
-
-def check_reason(modality: str, reason: str) -> str:
-    """Return `reason` if it is a listed code for `modality`, else raise ValueError."""
-    if reason not in REASONS[modality]:
-        raise ValueError(f"{reason!r} is not a {modality} quarantine reason; "
-                         f"known: {sorted(REASONS[modality])}")
-    return reason

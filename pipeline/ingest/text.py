@@ -35,14 +35,15 @@ from pyspark.sql import types as T
 from pipeline.config import TextInputConfig
 from pipeline.ingest.common import RAW_MAX_CHARS, IngestResult, quarantine_rows, source_with_line
 from pipeline.ingest.lines import (
+    count_nonblank_lines,
     input_roots,
     list_input_files,
     read_lines,
     relative_key,
-    spark_path_to_uri,
     stable_id,
     whole_text_files,
 )
+from pipeline.storage import Location
 
 JSONL_EXTENSIONS = (".jsonl", ".json")
 TXT_EXTENSIONS = (".txt",)
@@ -120,7 +121,8 @@ def _as_string(obj: Column, name: str, text_field: str) -> Column:
     return F.try_variant_get(value, "$", "string") if name == text_field else value
 
 
-def _jsonl_records(spark: SparkSession, cfg: TextInputConfig, files: Sequence[str]) -> DataFrame:
+def _jsonl_records(spark: SparkSession, cfg: TextInputConfig,
+                   files: Sequence[Location]) -> DataFrame:
     """One row per non-blank JSONL line: path, line, raw, text (not yet normalized), label,
     raw_id, reason and detail (null when the line passed the JSON checks)."""
     # A byte-order mark (often several, when BOM files were concatenated) starts a line but
@@ -165,7 +167,7 @@ def _jsonl_records(spark: SparkSession, cfg: TextInputConfig, files: Sequence[st
     )
 
 
-def _txt_records(spark: SparkSession, files: Sequence[str]) -> DataFrame:
+def _txt_records(spark: SparkSession, files: Sequence[Location]) -> DataFrame:
     """One row per .txt file, in the same shape as `_jsonl_records`."""
     invalid = F.col("text").isNull()
     return whole_text_files(spark, files).select(
@@ -176,17 +178,8 @@ def _txt_records(spark: SparkSession, files: Sequence[str]) -> DataFrame:
     )
 
 
-def count_jsonl_records(spark: SparkSession, files: Sequence[str]) -> int:
-    """Non-blank lines of `files`, counted by Spark's own text reader: a count independent
-    of `read_lines`, so a record lost or duplicated by the parse cannot go unnoticed."""
-    if not files:
-        return 0
-    # Only '\n' ends a line (as in read_lines); blank = nothing but ASCII whitespace.
-    text = spark.read.option("lineSep", "\n").text(list(files))
-    return text.filter(F.col("value").rlike("[^\\t\\n\\x0B\\f\\r ]")).count()
-
-
-def ingest_text(spark: SparkSession, cfg: TextInputConfig, inputs: Sequence[str]) -> IngestResult:
+def ingest_text(spark: SparkSession, cfg: TextInputConfig,
+                inputs: Sequence[Location]) -> IngestResult:
     """Read JSONL (`.jsonl`, `.json`: one record per non-blank line) and `.txt` files (one
     record each) under `inputs` (files or folders, searched recursively) into curated text
     rows (`CURATED_COLUMNS`) and quarantine rows; see the module docstring for the checks.
@@ -194,16 +187,17 @@ def ingest_text(spark: SparkSession, cfg: TextInputConfig, inputs: Sequence[str]
     `doc_id` is the first 16 hex digits of SHA-256 over `<i>/<path relative to input i>` and,
     for JSONL, `:<line>`; `content_hash` is the hex SHA-256 of the normalized text's UTF-8
     bytes (`pipeline.textnorm.content_hash`). `n_input` is counted apart from the parse:
-    non-blank JSONL lines by Spark's text reader plus the number of .txt files listed."""
+    non-blank JSONL lines counted in the JVM (`count_nonblank_lines`) plus the number of
+    .txt files listed. `source` is the file URL (`file:///x/a.jsonl`), plus `:<line>`."""
     files = list_input_files(inputs, JSONL_EXTENSIONS + TXT_EXTENSIONS)
-    jsonl = [f for f in files if f.lower().endswith(JSONL_EXTENSIONS)]
-    txt = [f for f in files if f.lower().endswith(TXT_EXTENSIONS)]
-    n_input = count_jsonl_records(spark, jsonl) + len(txt)
+    jsonl = [f for f in files if f.name.lower().endswith(JSONL_EXTENSIONS)]
+    txt = [f for f in files if f.name.lower().endswith(TXT_EXTENSIONS)]
+    n_input = count_nonblank_lines(spark, jsonl) + len(txt)
 
     records = _jsonl_records(spark, cfg, jsonl).unionByName(_txt_records(spark, txt))
     # Scalar Arrow UDF, from the type hints (the stubs insist on a functionType).
     normalize = F.arrow_udf(normalize_arrow, T.StringType())  # type: ignore[call-overload]
-    uri = spark_path_to_uri(F.col("path"))
+    uri = F.col("path")  # the file URL, as list_input_files spells it
     rows = records.select(
         F.when(F.col("line").isNull(), uri).otherwise(source_with_line(uri, F.col("line")))
         .alias("source"),

@@ -55,8 +55,8 @@ from pipeline.ingest.common import (
     source_with_line,
 )
 from pipeline.ingest.currencies import ISO_4217, codes_with_minor_unit
-from pipeline.ingest.lines import list_input_files, read_lines, spark_path_to_uri
-from pipeline.storage import filesystem
+from pipeline.ingest.lines import count_nonblank_lines, list_input_files, read_lines
+from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,13 @@ def luhn_valid(digits: Column) -> Column:
     return F.aggregate(values, F.lit(0), lambda acc, x: acc + x) % 10 == 0
 
 
-def _csv_headers(files: Sequence[str]) -> dict[str, int]:
+def _csv_headers(files: Sequence[Location]) -> dict[str, int]:
     """URL -> line number of each CSV file's header (its first non-blank line), read on the
     driver (only the first line of each file); raises CsvHeaderError on a wrong header."""
     headers: dict[str, int] = {}
-    for url in files:
-        fs, path = filesystem(url)
-        with fs.open(path, "rb") as fh:
+    for loc in files:
+        url = loc.url
+        with loc.open("rb") as fh:
             # bytes.strip() drops exactly the bytes lines.py counts as blank.
             first = next(((n, b) for n, b in enumerate(fh, start=1) if b.strip()), None)
         if first is None:
@@ -174,13 +174,13 @@ def _csv_headers(files: Sequence[str]) -> dict[str, int]:
     return headers
 
 
-def _count_records(spark: SparkSession, files: Sequence[str], n_headers: int) -> int:
-    """Non-blank lines of `files`, less the CSV headers, counted by Spark's own text reader:
-    independent of `read_lines` and of the parse, so a lost or doubled record shows."""
+def _count_records(spark: SparkSession, files: Sequence[Location], n_headers: int) -> int:
+    """Non-blank lines of `files`, less the CSV headers, counted in the JVM
+    (`count_nonblank_lines`): independent of `read_lines` and of the parse, so a lost or
+    doubled record shows."""
     if not files:
         return 0
-    text = spark.read.option("lineSep", "\n").text(list(files))
-    return text.filter(F.col("value").rlike(r"[^\t\n\x0B\f\r ]")).count() - n_headers
+    return count_nonblank_lines(spark, files) - n_headers
 
 
 def _clean(c: Column) -> Column:
@@ -217,10 +217,11 @@ def _masked_raw() -> Column:
     return raw
 
 
-def _parse(spark: SparkSession, files: Sequence[str], headers: dict[str, int]) -> DataFrame:
+def _parse(spark: SparkSession, files: Sequence[Location],
+           headers: dict[str, int]) -> DataFrame:
     """One row per record: lineage, the raw line, and the ten fields as cleaned strings."""
     lines = read_lines(spark, files)
-    path = spark_path_to_uri(F.col("path"))  # file:///x, as list_input_files spells it
+    path = F.col("path")  # the file URL (file:///x), as list_input_files spells it
     is_csv = F.lower(F.col("path")).endswith(".csv")
     lines = lines.select(path.alias("path"), "line", "text", "raw", is_csv.alias("is_csv"))
     if headers:
@@ -358,7 +359,7 @@ def _curated(df: DataFrame, key: bytes) -> DataFrame:
 
 
 def ingest_transactions(spark: SparkSession, cfg: TransactionInputConfig,
-                        inputs: Sequence[str], hmac_key: bytes) -> IngestResult:
+                        inputs: Sequence[Location], hmac_key: bytes) -> IngestResult:
     """Read the .csv/.jsonl/.json files under `inputs` (files or folders, recursive) into
     curated transactions (`CURATED_DDL`) and quarantine rows; see the module docstring for
     the checks, their order and the token/hash definitions. `n_input` is counted from the
@@ -366,7 +367,7 @@ def ingest_transactions(spark: SparkSession, cfg: TransactionInputConfig,
     hmac_pads(hmac_key)  # fail early on an empty key
     csv_files = list_input_files(inputs, [".csv"])
     json_files = list_input_files(inputs, [".jsonl", ".json"])
-    files = sorted({*csv_files, *json_files})
+    files = sorted({*csv_files, *json_files}, key=lambda loc: loc.url)
     headers = _csv_headers(csv_files)
     log.info("transactions: %d CSV and %d JSONL files", len(csv_files), len(json_files))
     checked = _checks(_parse(spark, files, headers), cfg.max_amount)

@@ -1,5 +1,10 @@
-"""Chains the stages of a run: plan, cache by manifest digests, lock, retries (runner.py)."""
+"""Chains the stages of a run: plan, cache by manifest digests, lock, retries (runner.py).
 
+The orchestrator runs the stages it is given; which stages make up `pipeline run` is
+decided outside it (pipeline.graph), and jobs rebuild a stage from its factory reference.
+"""
+
+from pipeline.orchestrator.backends import NoFactoryError
 from pipeline.orchestrator.lock import RunLockedError
 from pipeline.orchestrator.plan import PlanEntry, plan
 from pipeline.orchestrator.retry import RetryableError, RetryPolicy
@@ -10,8 +15,8 @@ from pipeline.orchestrator.runner import (
     run_pipeline,
 )
 from pipeline.orchestrator.selection import SelectionError, select
-from pipeline.orchestrator.stages import Stage, StageContext, StageResult, default_stages
+from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 
-__all__ = ["PlanEntry", "RetryPolicy", "RetryableError", "RunInterrupted", "RunLockedError",
-           "SelectionError", "Stage", "StageContext", "StageFailed", "StageOutcome",
-           "StageResult", "default_stages", "plan", "run_pipeline", "select"]
+__all__ = ["NoFactoryError", "PlanEntry", "RetryPolicy", "RetryableError", "RunInterrupted",
+           "RunLockedError", "SelectionError", "Stage", "StageContext", "StageFailed",
+           "StageOutcome", "StageResult", "plan", "run_pipeline", "select"]

@@ -21,12 +21,12 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pipeline.config import RayConfig, _looks_secret
-from pipeline.orchestrator.job import make_spec, read_result, write_spec
+from pipeline.orchestrator.job import job_argv, make_spec, read_result, write_spec
 from pipeline.orchestrator.package import Bundle, build_bundle
 from pipeline.orchestrator.retry import RetryableError
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
@@ -97,11 +97,12 @@ def job_runtime_env(cfg: RayConfig, bundle: Bundle,
             "env_vars": job_env_vars(cfg, environ)}
 
 
-def job_entrypoint(cfg: RayConfig, bundle: Bundle, spec_url: str) -> str:
+def job_entrypoint(cfg: RayConfig, bundle: Bundle, job_args: Sequence[str]) -> str:
+    """The job's command line (`job_argv`: the spec's URL and storage options, no secret)."""
     import shlex
 
     return " ".join(shlex.quote(a) for a in (cfg.job_python, bundle.entry_relative,
-                                              "--spec", spec_url))
+                                              *job_args))
 
 
 def _client(cfg: RayConfig, token: str | None) -> JobSubmissionClient:
@@ -167,7 +168,8 @@ def run_ray_job(stage: Stage, ctx: StageContext,
     client = _client(cfg, token)
     submission_id = f"pipeline-{spec.run_id}-{stage.name.replace('/', '-')}-{spec.attempt}"
     try:
-        job_id = client.submit_job(entrypoint=job_entrypoint(cfg, bundle, spec_url),
+        job_id = client.submit_job(entrypoint=job_entrypoint(cfg, bundle,
+                                                             job_argv(spec, spec_url)),
                                    runtime_env=job_runtime_env(cfg, bundle, environ),
                                    submission_id=submission_id,
                                    metadata={"stage": stage.name, "run_id": spec.run_id})

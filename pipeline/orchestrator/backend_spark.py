@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.config import SparkConfig
-from pipeline.orchestrator.job import make_spec, read_result, write_spec
+from pipeline.orchestrator.job import job_argv, make_spec, read_result, write_spec
 from pipeline.orchestrator.package import Bundle, build_bundle
 from pipeline.orchestrator.retry import RetryableError
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
@@ -62,13 +62,14 @@ def spark_submit_program(cfg: SparkConfig, environ: Mapping[str, str]) -> str:
 
 
 def spark_submit_argv(cfg: SparkConfig, program: str, bundle: Bundle,
-                      spec_url: str) -> list[str]:
-    """The full command line. It names files and URLs only: no secret ever goes here."""
+                      job_args: Sequence[str]) -> list[str]:
+    """The full command line. It names files, URLs and the storage options (`job_argv`)
+    only: no secret ever goes here."""
     quiet = ([] if any("spark.log.level" in a for a in cfg.submit_args)
              else ["--conf", "spark.log.level=WARN"])  # Spark's INFO drowns our numbers
     return [program, "--master", cfg.submit_master, "--name", f"{cfg.app_name}-stage",
             *quiet, *cfg.submit_args, "--py-files", str(bundle.zip_path), str(bundle.entry),
-            "--spec", spec_url]
+            *job_args]
 
 
 def spark_submit_env(cfg: SparkConfig, environ: Mapping[str, str]) -> dict[str, str]:
@@ -125,7 +126,8 @@ def run_spark_submit(stage: Stage, ctx: StageContext,
     bundle = build_bundle()
     spec = make_spec(stage, ctx)
     spec_url = write_spec(spec)
-    argv = spark_submit_argv(cfg, spark_submit_program(cfg, environ), bundle, spec_url)
+    argv = spark_submit_argv(cfg, spark_submit_program(cfg, environ), bundle,
+                             job_argv(spec, spec_url))
     prefix = f"[spark-submit {stage.name} {spec.attempt}]"
     log.info("%s starting on master %s with %d extra argument(s), package %s",
              prefix, cfg.submit_master, len(cfg.submit_args), bundle.version)

@@ -16,13 +16,12 @@ reported as a problem: the metric then does not describe the data in this run.
 from __future__ import annotations
 
 import json
-import posixpath
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.orchestrator.plan import published
-from pipeline.storage import Manifest, RunPaths, filesystem, read_json, sha256_bytes
+from pipeline.storage import Location, Manifest, RunPaths, sha256_bytes
 
 # pipeline.train.checkpoint.META_FILE / MODEL_FILE; not imported, as that imports torch.
 CHECKPOINT_META = "checkpoint.json"
@@ -58,25 +57,23 @@ class Chain:
                 "problems": list(self.problems), "ok": not self.problems}
 
 
-def _checkpoint(url: str, options: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+def _checkpoint(folder: Location) -> tuple[dict[str, Any], str]:
     """(checkpoint.json contents, sha256 of its bytes); ({}, "") when unreadable."""
-    fs, path = filesystem(url, options)
     try:
-        with fs.open(posixpath.join(path, CHECKPOINT_META), "rb") as fh:
-            data = fh.read()
+        data = (folder / CHECKPOINT_META).read_bytes()
         return json.loads(data.decode()), sha256_bytes(data)
     except (FileNotFoundError, ValueError):
         return {}, ""
 
 
-def _raw_files(run: RunPaths, task: str, ingest: Manifest,
-               options: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], str, list[str]]:
+def _raw_files(run: RunPaths, task: str, ingest: Manifest
+               ) -> tuple[list[dict[str, Any]], str, list[str]]:
     """(raw files with sha256, a note, problems) for the ingest stage of `task`."""
     recorded = ingest.extra.get("raw_files")
     if isinstance(recorded, list) and recorded:
         return [dict(f) for f in recorded], "recorded by ingest", []
     if "synth" in ingest.inputs:
-        synth, why = published(run.stage("synth"), options)
+        synth, why = published(run.stage("synth"))
         if synth is None:
             return [], f"synth: {why}", [f"ingest/{task} read sample data whose synth stage "
                                          f"is gone ({why})"]
@@ -85,7 +82,7 @@ def _raw_files(run: RunPaths, task: str, ingest: Manifest,
             problems.append(f"MISMATCH: ingest/{task} read synth manifest "
                             f"{ingest.inputs['synth'][:12]}, published synth is "
                             f"{synth.digest[:12]}")
-        files = [{"url": posixpath.join(run.stage("synth"), f.path), "size": f.size,
+        files = [{"url": (run.stage("synth") / f.path).url, "size": f.size,
                   "sha256": f.sha256} for f in synth.files if f.path.startswith(task + "/")]
         return files, f"sample data from synth manifest {synth.digest[:12]}", problems
     count = ingest.extra.get("raw_file_count")
@@ -95,14 +92,13 @@ def _raw_files(run: RunPaths, task: str, ingest: Manifest,
     return [], "raw files not recorded by this ingest manifest", []
 
 
-def _chain(run: RunPaths, task: str, source: str, m: Manifest,
-           options: Mapping[str, Any] | None) -> Chain:
+def _chain(run: RunPaths, task: str, source: str, m: Manifest) -> Chain:
     extra = m.extra
     metrics = extra.get("metrics") or extra.get("final_metrics") or {}
     problems: list[str] = []
     links: list[Link] = []
     ckpt_url = str(extra.get("checkpoint") or extra.get("best_checkpoint") or "")
-    meta, meta_sha = _checkpoint(ckpt_url, options) if ckpt_url else ({}, "")
+    meta, meta_sha = _checkpoint(run.root.at(ckpt_url)) if ckpt_url else ({}, "")
     model_sha = str((meta.get("files") or {}).get(CHECKPOINT_MODEL, {}).get("sha256", ""))
     if not ckpt_url:
         problems.append(f"{source} records no checkpoint")
@@ -115,7 +111,7 @@ def _chain(run: RunPaths, task: str, source: str, m: Manifest,
         problems.append(f"MISMATCH: {source} scored checkpoint {str(claimed)[:12]}, but "
                         f"{ckpt_url} holds model {model_sha[:12]}")
     trained_on = str(meta.get("data_digest") or extra.get("data_digest") or "")
-    dedup, why = published(run.stage(f"dedup/{task}"), options)
+    dedup, why = published(run.stage(f"dedup/{task}"))
     links.append(Link("data", f"dedup/{task}", trained_on, "content digest trained on"))
     scored_on = extra.get("data_digest")
     if scored_on and trained_on and scored_on != trained_on:
@@ -130,7 +126,7 @@ def _chain(run: RunPaths, task: str, source: str, m: Manifest,
     links.append(Link("dedup", f"dedup/{task}", dedup.digest,
                       f"content {dedup.content_digest[:12]}, rows {dict(dedup.row_counts)}"))
     ingest_digest = dedup.inputs.get(f"ingest/{task}", "")
-    ingest, why = published(run.stage(f"ingest/{task}"), options)
+    ingest, why = published(run.stage(f"ingest/{task}"))
     links.append(Link("ingest", f"ingest/{task}", ingest_digest,
                       f"rows {dict(ingest.row_counts)}" if ingest is not None else why))
     if ingest is None:
@@ -139,23 +135,23 @@ def _chain(run: RunPaths, task: str, source: str, m: Manifest,
     if ingest.digest != ingest_digest:
         problems.append(f"MISMATCH: dedup/{task} was made from ingest manifest "
                         f"{ingest_digest[:12]}, published ingest/{task} is {ingest.digest[:12]}")
-    raw, note, raw_problems = _raw_files(run, task, ingest, options)
+    raw, note, raw_problems = _raw_files(run, task, ingest)
     return Chain(task, source, metrics, tuple(links), tuple(raw), note,
                  tuple(problems + raw_problems))
 
 
-def lineage(root: str, run_id: str, options: Mapping[str, Any] | None = None) -> list[Chain]:
+def lineage(root: Location, run_id: str) -> list[Chain]:
     """One chain per task that has an evaluate (or else a train) manifest in the run."""
     run = RunPaths(root, run_id)
-    state = read_json(run.run_json, options)  # FileNotFoundError: no such run
+    state = run.run_json.read_json()  # FileNotFoundError: no such run
     names = list(state.get("stage_order") or []) + sorted(state.get("stages") or {})
     tasks = list(dict.fromkeys(n.split("/", 1)[1] for n in names
                                if n.startswith(("evaluate/", "train/"))))
     chains = []
     for task in tasks:
         for source in (f"evaluate/{task}", f"train/{task}"):
-            manifest, _ = published(run.stage(source), options)
+            manifest, _ = published(run.stage(source))
             if manifest is not None:
-                chains.append(_chain(run, task, source, manifest, options))
+                chains.append(_chain(run, task, source, manifest))
                 break
     return chains

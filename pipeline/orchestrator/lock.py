@@ -20,12 +20,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any
 
-from pipeline.storage import filesystem, join, to_url, write_json_atomic
+from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +64,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_lock(lock_url: str, options: Mapping[str, Any] | None = None) -> LockInfo | None:
-    """The lock's contents, or None when there is no (readable) lock file."""
-    fs, path = filesystem(lock_url, options)
+def read_lock(lock: Location) -> LockInfo | None:
+    """The contents of the lock file `lock`, or None when there is no (readable) one."""
     try:
-        with fs.open(path, "rb") as fh:
-            body = json.loads(fh.read().decode())
+        body = json.loads(lock.read_bytes().decode())
         return LockInfo(host=str(body["host"]), pid=int(body["pid"]), token=str(body["token"]),
                         started=float(body["started"]), heartbeat=float(body["heartbeat"]))
     except FileNotFoundError:
@@ -91,21 +88,25 @@ def abandoned_because(info: LockInfo, now: float, stale_s: float,
     return None
 
 
-class RunLock:
-    """Context manager holding `<run_url>/_LOCK` for the duration of a run."""
+def lock_of(run: Location) -> Location:
+    """The lock file of the run folder `run`."""
+    return run / LOCK_NAME
 
-    def __init__(self, run_url: str, stale_s: float = 120.0, heartbeat_s: float | None = None,
-                 options: Mapping[str, Any] | None = None,
+
+class RunLock:
+    """Context manager holding `<run>/_LOCK` for the duration of a run."""
+
+    def __init__(self, run: Location, stale_s: float = 120.0, heartbeat_s: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.url = join(run_url, LOCK_NAME)
-        self.run_name = posixpath.basename(to_url(run_url).rstrip("/"))
+        self.lock = lock_of(run)
+        self.url = self.lock.url
+        self.run_name = run.name
         self.stale_s = stale_s
         # Several heartbeats per stale period, so a slow store never makes a live lock stale.
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(stale_s / 4, 0.05)
-        self.options = dict(options or {})
         self.clock = clock
-        self.fs, self.path = filesystem(self.url, self.options)
-        self.local = to_url(self.url).startswith("file://")
+        self.fs, self.path = self.lock.filesystem()
+        self.local = self.lock.is_local
         self.info: LockInfo | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,7 +133,7 @@ class RunLock:
         if self.fs.exists(self.path):
             return False
         self.fs.pipe_file(self.path, body)
-        found = read_lock(self.url, self.options)
+        found = read_lock(self.lock)
         return found is not None and found.token == info.token
 
     def _take_over(self, stale: LockInfo, why: str) -> None:
@@ -147,7 +148,7 @@ class RunLock:
                 os.rename(self.path, aside)
             except FileNotFoundError:
                 return
-            moved = read_lock(to_url(aside))
+            moved = read_lock(self.lock.at(self.lock.url_of(aside)))
             if moved is not None and moved.token != stale.token:
                 # Put the fresh lock back (link fails if yet another one exists).
                 with contextlib.suppress(FileExistsError):
@@ -166,7 +167,7 @@ class RunLock:
                 log.info("locked run %s (pid %d on %s, heartbeat every %.1f s)", self.url,
                          info.pid, info.host, self.heartbeat_s)
                 return info
-            holder = read_lock(self.url, self.options)
+            holder = read_lock(self.lock)
             if holder is None:
                 continue  # released between our create and our read: try again
             why = abandoned_because(holder, self.clock(), self.stale_s)
@@ -199,7 +200,7 @@ class RunLock:
         """Rewrite the heartbeat, unless someone else has taken the lock over."""
         if self.info is None:
             return
-        current = read_lock(self.url, self.options)
+        current = read_lock(self.lock)
         if current is None or current.token != self.info.token:
             log.error("the lock %s is no longer ours (held by %s); another process may be "
                       "running this run", self.url,
@@ -208,7 +209,7 @@ class RunLock:
             return
         self.info = LockInfo(self.info.host, self.info.pid, self.info.token, self.info.started,
                              self.clock())
-        write_json_atomic(self.url, asdict(self.info), self.options)
+        self.lock.write_json(asdict(self.info))
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lock if it is still ours."""
@@ -218,7 +219,7 @@ class RunLock:
             self._thread = None
         if self.info is None:
             return
-        current = read_lock(self.url, self.options)
+        current = read_lock(self.lock)
         if current is not None and current.token == self.info.token:
             self.fs.rm(self.path)
         self.info = None

@@ -9,17 +9,23 @@ from before this was recorded still gets the code and input reasons.
 
 Downstream of a stage that will run the cache key cannot be known yet (it depends on the
 manifest that stage will publish), so such a stage "will run: upstream X re-runs".
+
+The plan is also what the runner carries out: each `PlanEntry` holds the input manifests
+it resolved (published stages of this call, and inputs published earlier that are not
+stages of this call), the published output it found, and the cache key and key parts it
+computed, so the runner decides nothing twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pipeline.config import PipelineConfig
 from pipeline.orchestrator.stages import Stage
 from pipeline.storage import (
+    Location,
     Manifest,
     ManifestMismatchError,
     MissingManifestError,
@@ -27,7 +33,6 @@ from pipeline.storage import (
     cache_key,
     code_version,
     digest_of,
-    read_json,
     read_manifest,
 )
 
@@ -41,13 +46,13 @@ def run_id_of(cfg: PipelineConfig) -> str:
 
 
 def run_paths(cfg: PipelineConfig) -> RunPaths:
-    return RunPaths(cfg.storage.root, run_id_of(cfg))
+    return RunPaths(cfg.storage.location, run_id_of(cfg))
 
 
-def load_state(run: RunPaths, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_state(run: RunPaths) -> dict[str, Any]:
     """run.json, or an empty state for a run that never started."""
     try:
-        state = read_json(run.run_json, options)
+        state = run.run_json.read_json()
     except FileNotFoundError:
         state = None
     if not isinstance(state, dict):
@@ -56,11 +61,10 @@ def load_state(run: RunPaths, options: Mapping[str, Any] | None = None) -> dict[
     return state
 
 
-def published(stage_url: str, options: Mapping[str, Any] | None = None
-              ) -> tuple[Manifest | None, str]:
+def published(stage: Location) -> tuple[Manifest | None, str]:
     """The published manifest (or None) and, when None, why: missing or corrupt."""
     try:
-        return read_manifest(stage_url, options), ""
+        return read_manifest(stage), ""
     except MissingManifestError:
         return None, "no published output"
     except ManifestMismatchError as exc:
@@ -85,13 +89,23 @@ class InputSize:
 
 @dataclass(frozen=True)
 class PlanEntry:
-    """The decision for one stage."""
+    """The decision for one stage, and what the runner needs to carry it out."""
 
     stage: str
     decision: Decision
     reason: str
     inputs: tuple[InputSize, ...] = ()
     key: str | None = None  # None while an upstream stage is still to run
+    #: the components of `key` (code, config digest, input digests); None with `key`
+    key_parts: Mapping[str, Any] | None = field(default=None, compare=False)
+    #: the input manifests resolved at planning time (inputs of this call that are cached
+    #: or not selected, and inputs published earlier that are not stages of this call);
+    #: an input that will run, or is disabled, is absent
+    manifests: Mapping[str, Manifest] = field(default_factory=dict, compare=False)
+    #: the stage's own published output when the plan was made (None: none, or corrupt)
+    existing: Manifest | None = field(default=None, compare=False)
+    #: why `existing` is None ("no published output", "published manifest is corrupt...")
+    missing_why: str = field(default="", compare=False)
 
     @property
     def input_bytes(self) -> int | None:
@@ -161,10 +175,11 @@ def decide(stage: Stage, cfg: PipelineConfig, version: str, inputs: Mapping[str,
 
 def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str] | None = None,
          version: str | None = None) -> list[PlanEntry]:
-    """Decide every stage without running anything (reads run.json and manifests only)."""
-    options = dict(cfg.storage.options)
+    """Decide every stage of `stages` without running anything (reads run.json and
+    manifests only). `selected`: the names to run (None: all); the others are
+    "unselected" and their published outputs feed the selected ones."""
     run = run_paths(cfg)
-    state = load_state(run, options)
+    state = load_state(run)
     version = version or code_version()
     in_list = {s.name for s in stages}
     manifests: dict[str, Manifest] = {}
@@ -178,7 +193,7 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
             disabled.add(name)
             entries.append(PlanEntry(name, "disabled", "disabled by config"))
             continue
-        existing, missing_why = published(run.stage(name), options)
+        existing, missing_why = published(run.stage(name))
         sizes: list[InputSize] = []
         upstream_runs = [n for n in stage.inputs if n in will_run]
         problems: list[str] = []
@@ -191,7 +206,7 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
                 problems.append(f"upstream {n} is blocked")
                 continue
             if n not in manifests and n not in in_list:
-                found, _ = published(run.stage(n), options)
+                found, _ = published(run.stage(n))
                 if found is not None:
                     manifests[n] = found
             if n in manifests:
@@ -202,8 +217,11 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
             else:
                 problems.append(f"input {n} was never published and is not a stage of "
                                 "this run")
+        resolved = manifests_of(stage, manifests)
         recorded = state["stages"].get(name, {})
         chosen = selected is None or name in selected
+        base = PlanEntry(name, "blocked", "", tuple(sizes), manifests=resolved,
+                         existing=existing, missing_why=missing_why)
         if not chosen:
             if existing is not None:
                 manifests[name] = existing
@@ -214,33 +232,32 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
                 why += f"; its published output predates upstream {upstream_runs[0]}, which re-runs"
             elif not problems:
                 try:
-                    decision, reason, _, _ = decide(stage, cfg, version,
-                                                    manifests_of(stage, manifests), existing,
+                    decision, reason, _, _ = decide(stage, cfg, version, resolved, existing,
                                                     missing_why, recorded)
                 except Exception as exc:  # e.g. a secret only the unselected stage needs
                     decision, reason = "run", f"its cache key cannot be computed here: {exc}"
                 why += ("; published output is up to date" if decision == "cached" else
                         f"; published output is out of date ({reason}) but is used as is")
-            entries.append(PlanEntry(name, "unselected", why, tuple(sizes)))
+            entries.append(replace(base, decision="unselected", reason=why))
             continue
         if problems:
             blocked.add(name)
-            entries.append(PlanEntry(name, "blocked", "; ".join(problems), tuple(sizes)))
+            entries.append(replace(base, reason="; ".join(problems)))
         elif upstream_runs:
             will_run.append(name)
             shown = ", ".join(upstream_runs[:2]) + (f" and {len(upstream_runs) - 2} more"
                                                     if len(upstream_runs) > 2 else "")
-            entries.append(PlanEntry(name, "run", f"will run: upstream {shown}"
-                                     f" re-run{'s' if len(upstream_runs) == 1 else ''}",
-                                     tuple(sizes)))
+            entries.append(replace(base, decision="run", reason=f"will run: upstream {shown}"
+                                   f" re-run{'s' if len(upstream_runs) == 1 else ''}"))
         else:
-            decision, reason, key, _ = decide(stage, cfg, version, manifests_of(stage, manifests),
-                                              existing, missing_why, recorded)
+            decision, reason, key, parts = decide(stage, cfg, version, resolved, existing,
+                                                  missing_why, recorded)
             if decision == "cached" and existing is not None:
                 manifests[name] = existing
             else:
                 will_run.append(name)
-            entries.append(PlanEntry(name, decision, reason, tuple(sizes), key))
+            entries.append(replace(base, decision=decision, reason=reason, key=key,
+                                   key_parts=parts))
     return entries
 
 

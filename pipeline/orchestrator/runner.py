@@ -12,6 +12,13 @@ cache key and its components (`key_parts`, which `plan` compares to say what cha
 attempts, seconds, rows, the manifest digest, the summary and the last error. A stage
 found `running` by the next run was interrupted by a crash; it simply runs again (the
 training stage resumes from its last committed checkpoint).
+
+The runner carries out the plan (`plan.plan`): a stage planned "cached" is recorded as
+cached with the key the plan computed, a stage planned to run with a known key runs with
+that key. Only downstream of a stage that actually ran in this call is a key computed
+again, from the manifests that stage just published (its inputs changed under the plan).
+The runner runs the stages it is given: which stages make up `pipeline run` is decided
+outside the orchestrator (pipeline.graph).
 """
 
 from __future__ import annotations
@@ -19,29 +26,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pipeline.config import PipelineConfig, to_dict
-from pipeline.orchestrator.backends import execute
+from pipeline.orchestrator.backends import backend_for, execute
 from pipeline.orchestrator.lock import RunLock
-from pipeline.orchestrator.plan import (
-    decide,
-    load_state,
-    manifests_of,
-    plan,
-    published,
-    run_id_of,
-    run_paths,
-)
+from pipeline.orchestrator.plan import PlanEntry, decide, load_state, plan, run_id_of, run_paths
+from pipeline.orchestrator.reports import report_urls
 from pipeline.orchestrator.retry import RetryPolicy
 from pipeline.orchestrator.selection import SelectionError
-from pipeline.orchestrator.stages import Stage, StageContext, default_stages
-from pipeline.storage import Manifest, RunPaths, StageWriter, code_version, write_json_atomic
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+from pipeline.orchestrator.stages import LazySpark, Stage, StageContext
+from pipeline.storage import Manifest, RunPaths, StageWriter, code_version
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +78,10 @@ class StageOutcome:
     rows: dict[str, int]
     reason: str = ""
     attempts: int = 0
+    #: the `extra` of the stage's published manifest (empty when it has none)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    #: URLs of the stage's reports, main report first (see orchestrator.reports)
+    reports: tuple[str, ...] = ()
 
 
 class ProgressHook(Protocol):
@@ -99,31 +100,6 @@ class _NoProgress:
         return None
 
 
-class _LazySpark:
-    """Creates the SparkSession on first use; stops it at the end only if it created it
-    (a session that already existed belongs to the caller: a notebook, a test fixture,
-    spark-submit)."""
-
-    def __init__(self, cfg: PipelineConfig) -> None:
-        self.cfg = cfg
-        self.session: SparkSession | None = None
-        self.owned = False
-
-    def __call__(self) -> SparkSession:
-        if self.session is None:
-            from pyspark.sql import SparkSession
-
-            from pipeline.spark import get_spark
-
-            self.owned = SparkSession.getActiveSession() is None
-            self.session = get_spark(self.cfg.spark)
-        return self.session
-
-    def stop(self) -> None:
-        if self.session is not None and self.owned:
-            self.session.stop()
-
-
 @dataclass
 class _Run:
     """Mutable state of one `run_pipeline` call."""
@@ -131,29 +107,27 @@ class _Run:
     cfg: PipelineConfig
     paths: RunPaths
     state: dict[str, Any]
-    spark: _LazySpark
+    spark: LazySpark
     version: str
     policy: RetryPolicy
     sleep: Callable[[float], None]
+    #: manifests of the stages settled in this call (ran or cached), by name
     manifests: dict[str, Manifest] = field(default_factory=dict)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.cfg.storage.options)
+    #: the stages that ran (published a new manifest) in this call
+    ran: set[str] = field(default_factory=set)
 
     def save(self) -> None:
         self.state["config"] = to_dict(self.cfg, redact=True)
         self.state["code_version"] = self.version
         self.state["updated"] = time.time()
-        write_json_atomic(self.paths.run_json, self.state, self.options)
+        self.paths.run_json.write_json(self.state)
 
 
 def _attempt(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str) -> tuple[str, Manifest]:
     """One attempt: run into a fresh staging folder and publish (or drop it on failure)."""
-    writer = StageWriter(r.paths.stage(stage.name), stage.name, r.options)
+    writer = StageWriter(r.paths.stage(stage.name), stage.name)
     try:
-        result = execute(stage, StageContext(r.cfg, r.paths, writer.staging_url, inputs,
-                                             r.spark))
+        result = execute(stage, StageContext(r.cfg, r.paths, writer.staging, inputs, r.spark))
         manifest = writer.publish(row_counts=result.row_counts, schemas=result.schemas,
                                   inputs={n: m.digest for n, m in inputs.items()},
                                   cache_key=key, extra=result.extra)
@@ -201,6 +175,7 @@ def _run_stage(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str,
         raise RunInterrupted(stage.name, r.paths.run_id) from None
     seconds = time.perf_counter() - started
     r.manifests[stage.name] = manifest
+    r.ran.add(stage.name)
     rec.pop("error", None)
     rec.update(state="done", seconds=round(seconds, 3), finished=time.time(),
                manifest_digest=manifest.digest, rows=dict(manifest.row_counts), summary=summary)
@@ -208,7 +183,8 @@ def _run_stage(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str,
     log.info("stage %s done in %.1f s (%d attempt(s)): %s", stage.name, seconds, attempt,
              summary)
     return StageOutcome(stage.name, "ran", seconds, summary, dict(manifest.row_counts), reason,
-                        attempt)
+                        attempt, dict(manifest.extra),
+                        report_urls(r.paths.stage(stage.name), manifest))
 
 
 def _record_cached(r: _Run, stage: Stage, manifest: Manifest, key: str,
@@ -226,41 +202,76 @@ def _record_cached(r: _Run, stage: Stage, manifest: Manifest, key: str,
     return str(new.get("summary", "")), True
 
 
-def _load_outside(r: _Run, stage: Stage, in_list: set[str]) -> None:
-    """Inputs that are not stages of this call count when they were published earlier."""
-    for n in stage.inputs:
-        if n not in in_list and n not in r.manifests:
-            found, _ = published(r.paths.stage(n), r.options)
-            if found is not None:
-                r.manifests[n] = found
+def _inputs_now(r: _Run, stage: Stage, entry: PlanEntry) -> dict[str, Manifest]:
+    """The input manifests of `stage` as they stand now: those settled in this call (fresh
+    from a stage that ran, or cached), else the ones the plan resolved."""
+    return {n: r.manifests[n] if n in r.manifests else entry.manifests[n]
+            for n in stage.inputs if n in r.manifests or n in entry.manifests}
 
 
-def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None = None, *,
+def _carry_out(r: _Run, stage: Stage, entry: PlanEntry, index: int, total: int,
+               hook: ProgressHook) -> tuple[StageOutcome, bool]:
+    """Run or record one stage planned "run" or "cached"; (outcome, run.json left dirty)."""
+    inputs = _inputs_now(r, stage, entry)
+    key, parts = entry.key, entry.key_parts
+    if key is not None and parts is not None and not any(n in r.ran for n in stage.inputs):
+        decision, reason, parts = entry.decision, entry.reason, dict(parts)
+    else:
+        # An upstream stage ran in this call (or was to run when the plan was made): the
+        # key depends on the manifest it published, so it is computed now. A re-run that
+        # published the same manifest leaves this stage cached.
+        decision, why, key, parts = decide(stage, r.cfg, r.version, inputs, entry.existing,
+                                           entry.missing_why,
+                                           r.state["stages"].get(stage.name, {}))
+        # "will run: upstream X re-runs", as planned, unless it turned out cached.
+        reason = entry.reason if decision == "run" and entry.key is None else why
+    hook.stage_started(index, total, stage.name, reason if decision == "run" else "cached")
+    existing = entry.existing
+    if decision == "cached" and existing is not None:
+        log.info("stage %s is cached (key %s): nothing to do", stage.name, key[:12])
+        r.manifests[stage.name] = existing
+        summary, changed = _record_cached(r, stage, existing, key, parts)
+        outcome = StageOutcome(stage.name, "cached", 0.0, summary, dict(existing.row_counts),
+                               reason, 0, dict(existing.extra),
+                               report_urls(r.paths.stage(stage.name), existing))
+        return outcome, changed
+    return _run_stage(r, stage, inputs, key, parts, reason), False
+
+
+def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
                  selected: Collection[str] | None = None, policy: RetryPolicy | None = None,
                  sleep: Callable[[float], None] = time.sleep,
                  progress: ProgressHook | None = None, lock: bool = True) -> list[StageOutcome]:
-    """Run the selected (default: all) enabled stages in order, skipping cached ones.
+    """Run the selected (default: all) enabled stages of `stages` in order, skipping cached
+    ones, as `plan` decided them.
 
     Raises `SelectionError` before anything runs when a selected stage cannot get its
-    inputs, `RunLockedError` when another process runs this run id, `StageFailed` when a
+    inputs, `NoFactoryError` when a stage to run must run as a job but has no factory
+    reference, `RunLockedError` when another process runs this run id, `StageFailed` when a
     stage fails (after retries for retryable errors), `RunInterrupted` on Ctrl-C.
     """
-    stages = list(stages) if stages is not None else default_stages()
+    stages = list(stages)
     names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise SelectionError(f"stage name(s) {twice} appear more than once in the stage list")
     if selected is not None and (unknown := sorted(set(selected) - set(names))):
         raise SelectionError(f"unknown stage(s) {unknown}; stages: {', '.join(names)}")
     paths = run_paths(cfg)
     hook = progress or _NoProgress()
-    guard = (RunLock(paths.run_url, cfg.orchestrator.lock_stale_s,
-                     options=dict(cfg.storage.options)) if lock else contextlib.nullcontext())
+    guard = (RunLock(paths.run, cfg.orchestrator.lock_stale_s) if lock
+             else contextlib.nullcontext())
     with guard:
         version = code_version()
         entries = plan(cfg, stages, selected, version)
         if blocked := [e for e in entries if e.decision == "blocked"]:
             raise SelectionError(f"run {paths.run_id} cannot start: " + "; ".join(
                 f"stage {e.stage}: {e.reason}" for e in blocked))
-        r = _Run(cfg, paths, load_state(paths, dict(cfg.storage.options)), _LazySpark(cfg),
-                 version, policy or RetryPolicy.from_config(cfg.orchestrator), sleep)
+        for stage, entry in zip(stages, entries, strict=True):
+            if entry.decision == "run":
+                backend_for(stage, cfg)  # NoFactoryError now, not after the stages before it
+        r = _Run(cfg, paths, load_state(paths), LazySpark(cfg), version,
+                 policy or RetryPolicy.from_config(cfg.orchestrator), sleep)
         dirty = r.state.get("stage_order") != names
         r.state["stage_order"] = names
         total = sum(e.decision in ("run", "cached") for e in entries)
@@ -269,33 +280,17 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None = None, *,
         try:
             for stage, entry in zip(stages, entries, strict=True):
                 if entry.decision in ("disabled", "unselected"):
-                    found, _ = published(paths.stage(stage.name), r.options)
-                    if found is not None and entry.decision == "unselected":
-                        r.manifests[stage.name] = found
                     state = "skipped" if entry.decision == "disabled" else "unselected"
-                    outcomes.append(StageOutcome(stage.name, state, 0.0, entry.reason, {},
-                                                 entry.reason))
+                    found = entry.existing if entry.decision == "unselected" else None
+                    outcomes.append(StageOutcome(
+                        stage.name, state, 0.0, entry.reason, {}, entry.reason, 0,
+                        dict(found.extra) if found is not None else {},
+                        report_urls(paths.stage(stage.name), found) if found else ()))
                     continue
                 index += 1
-                _load_outside(r, stage, set(names))
-                inputs = manifests_of(stage, r.manifests)
-                existing, why = published(paths.stage(stage.name), r.options)
-                decision, reason, key, parts = decide(stage, cfg, version, inputs, existing, why,
-                                                      r.state["stages"].get(stage.name, {}))
-                if decision == "run" and entry.key is None and entry.decision == "run":
-                    reason = entry.reason  # "will run: upstream X re-runs", as planned
-                hook.stage_started(index, total, stage.name,
-                                   reason if decision == "run" else "cached")
-                if decision == "cached" and existing is not None:
-                    log.info("stage %s is cached (key %s): nothing to do", stage.name, key[:12])
-                    r.manifests[stage.name] = existing
-                    summary, changed = _record_cached(r, stage, existing, key, parts)
-                    dirty = dirty or changed
-                    outcome = StageOutcome(stage.name, "cached", 0.0, summary,
-                                           dict(existing.row_counts), reason)
-                else:
-                    outcome = _run_stage(r, stage, inputs, key, parts, reason)
-                    dirty = False  # _run_stage saved
+                outcome, changed = _carry_out(r, stage, entry, index, total, hook)
+                # _run_stage saves run.json itself; a cached stage may leave it to save.
+                dirty = (dirty or changed) if outcome.state == "cached" else False
                 hook.stage_finished(index, total, outcome)
                 outcomes.append(outcome)
         finally:

@@ -60,6 +60,35 @@ class StageResult:
     summary: str = ""
 
 
+class LazySpark:
+    """The SparkSession, created on first use (a stage that needs no Spark never starts
+    one). `stop()` stops it only if this object created it (`owned`): a session that
+    already existed belongs to the caller (a notebook, a test fixture, spark-submit's
+    driver that started it before us). The runner and a job's side use this one class."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.session: SparkSession | None = None
+        self.owned = False
+
+    def __call__(self) -> SparkSession:
+        if self.session is None:
+            from pyspark.sql import SparkSession
+
+            from pipeline.spark import get_spark
+
+            self.owned = SparkSession.getActiveSession() is None
+            self.session = get_spark(self.cfg.spark)
+        return self.session
+
+    def stop(self) -> None:
+        """Stop the session if this object created it; forget it either way."""
+        if self.session is not None and self.owned:
+            self.session.stop()
+        self.session = None
+        self.owned = False
+
+
 class UnknownStageError(ValueError):
     """A stage reference that names no stage (a job cannot rebuild it)."""
 

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.orchestrator.lock import LOCK_NAME, LockInfo, abandoned_because, read_lock
+from pipeline.orchestrator.lock import LockInfo, abandoned_because, lock_of, read_lock
 from pipeline.orchestrator.plan import INTERRUPTED_STATES, published
-from pipeline.storage import RunPaths, join, read_json
-
-REPORT_SUFFIXES = (".html", ".json")
+from pipeline.orchestrator.reports import report_urls
+from pipeline.storage import Location, RunPaths
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -74,16 +73,6 @@ def _metrics_of(name: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _reports_of(run: RunPaths, name: str, extra: Mapping[str, Any],
-                files: list[str]) -> list[str]:
-    urls = [str(extra[k]) for k in ("report", "report_url") if extra.get(k)]
-    if isinstance(extra.get("reports"), (list, tuple)):
-        urls += [str(u) for u in extra["reports"]]
-    if name.startswith("reports/") or name == "reports":
-        urls += [join(run.stage(name), f) for f in files if f.endswith(REPORT_SUFFIXES)]
-    return urls
-
-
 def _effective_state(recorded: str, lock: LockInfo | None, stale: str | None) -> str:
     # run.json says "running" after a crash too: only a live lock holder makes it true.
     if recorded in INTERRUPTED_STATES and (lock is None or stale is not None):
@@ -91,12 +80,13 @@ def _effective_state(recorded: str, lock: LockInfo | None, stale: str | None) ->
     return recorded
 
 
-def run_status(root: str, run_id: str, options: Mapping[str, Any] | None = None,
-               stale_s: float = 120.0) -> RunStatus:
-    """Collect the status of run `run_id` under `root`; `RunNotFoundError` if there is none."""
+def run_status(root: Location, run_id: str, stale_s: float = 120.0) -> RunStatus:
+    """Collect the status of run `run_id` under `root`; `RunNotFoundError` if there is none.
+
+    Each stage's reports are the report files its manifest lists (orchestrator.reports)."""
     run = RunPaths(root, run_id)
     try:
-        state = read_json(run.run_json, options)
+        state = run.run_json.read_json()
     except FileNotFoundError:
         raise RunNotFoundError(f"no run {run_id!r} under {root}: {run.run_json} does not "
                                "exist (start it with `pipeline run --run-id "
@@ -104,16 +94,15 @@ def run_status(root: str, run_id: str, options: Mapping[str, Any] | None = None,
     recorded: Mapping[str, Any] = state.get("stages") or {}
     order = [n for n in state.get("stage_order") or [] if n in recorded]
     order += sorted(n for n in recorded if n not in order)
-    lock = read_lock(join(run.run_url, LOCK_NAME), options)
+    lock = read_lock(lock_of(run.run))
     stale = abandoned_because(lock, time.time(), stale_s) if lock is not None else None
     stages: list[StageStatus] = []
     reports: list[str] = []
     for name in order:
         rec = recorded[name]
-        manifest, _ = published(run.stage(name), options)
+        manifest, _ = published(run.stage(name))
         extra: Mapping[str, Any] = manifest.extra if manifest is not None else {}
-        files = [f.path for f in manifest.files] if manifest is not None else []
-        reports += _reports_of(run, name, extra, files)
+        reports += report_urls(run.stage(name), manifest)
         rows = dict(manifest.row_counts) if manifest is not None else dict(rec.get("rows") or {})
         stages.append(StageStatus(
             name=name, state=_effective_state(str(rec.get("state", "?")), lock, stale),

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipeline.storage import filesystem, published_files, read_manifest, to_url
+from pipeline.storage import Location, published_files, read_manifest
 
 if TYPE_CHECKING:
     import ray.data
@@ -60,16 +60,6 @@ CHUNKS_PER_RANK = 4
 SHUFFLE_WINDOW_BATCHES = 32
 _ORDER = "_order"
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def arrow_filesystem(url: str, options: Mapping[str, Any] | None = None
-                     ) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for any fsspec URL (local disks natively)."""
-    url = to_url(url)
-    if url.startswith("file://"):
-        return pafs.LocalFileSystem(), url[len("file://"):]
-    fs, path = filesystem(url, options)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
@@ -126,25 +116,22 @@ def _ordered_data_context() -> Iterator[None]:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = before
 
 
-def read_split_columns(stage_url: str, split: str, columns: Sequence[str],
-                       options: Mapping[str, Any] | None = None) -> pa.Table:
+def read_split_columns(stage: Location, split: str, columns: Sequence[str]) -> pa.Table:
     """A few columns of one split, read on the driver with pyarrow (column projection and
     a row-group filter keep it cheap): for task statistics such as class vocabularies or
     the positive rate, which do not need a Ray Data job."""
     import pyarrow.parquet as pq
 
     parts = []
-    for url in published_files(stage_url, prefix="data/", suffix=".parquet", options=options):
-        fs, path = filesystem(url, options)
-        with fs.open(path, "rb") as fh:
+    for file in published_files(stage, prefix="data/", suffix=".parquet"):
+        with file.open("rb") as fh:
             table = pq.read_table(fh, columns=[*columns, "split"],
                                   filters=[("split", "==", split)])
         parts.append(table.drop_columns(["split"]))
     return pa.concat_tables(parts) if parts else pa.table({c: [] for c in columns})
 
 
-def read_split(stage_url: str, split: str, columns: Sequence[str], seed: int = 0,
-               options: Mapping[str, Any] | None = None,
+def read_split(stage: Location, split: str, columns: Sequence[str], seed: int = 0,
                preprocess: Preprocess | None = None) -> ray.data.Dataset:
     """Lazy Dataset of one split of a published stage: the listed Parquet files only,
     `columns` (or what `preprocess` makes of them) plus an `_order` key (see the module
@@ -152,12 +139,12 @@ def read_split(stage_url: str, split: str, columns: Sequence[str], seed: int = 0
     import ray.data
     from ray.data.expressions import col, lit
 
-    files = published_files(stage_url, prefix="data/", suffix=".parquet", options=options)
+    files = published_files(stage, prefix="data/", suffix=".parquet")
     if not files:
-        raise ValueError(f"{stage_url}: the manifest lists no data/*.parquet files")
-    fs, root = arrow_filesystem(stage_url, options)
+        raise ValueError(f"{stage}: the manifest lists no data/*.parquet files")
+    fs, root = stage.arrow_filesystem()
     stage_fs = pafs.SubTreeFileSystem(root.rstrip("/"), fs)
-    rel = [posixpath.relpath(arrow_filesystem(f, options)[1], root) for f in files]
+    rel = [posixpath.relpath(f.arrow_filesystem()[1], root) for f in files]
     with _ordered_data_context():
         ds = ray.data.read_parquet(rel, filesystem=stage_fs, include_row_hash=True)
         # Projection and the filter below are pushed down into the Parquet scan.
@@ -202,21 +189,20 @@ def val_name(rank: int) -> str:
     return f"val_r{rank:03d}"
 
 
-def prepare_inputs(stage_url: str, columns: Sequence[str], world_size: int, seed: int,
-                   options: Mapping[str, Any] | None = None,
+def prepare_inputs(stage: Location, columns: Sequence[str], world_size: int, seed: int,
                    chunks_per_rank: int = CHUNKS_PER_RANK,
                    preprocess: Preprocess | None = None) -> SplitInputs:
     """Read, key, sort and cut the train/val splits of a stage for `world_size` workers
     (`preprocess`: a task's per-row feature computation, done here once, in parallel)."""
-    digest = read_manifest(stage_url, options).content_digest
+    digest = read_manifest(stage).content_digest
     with _ordered_data_context():
-        train = read_split(stage_url, "train", columns, seed, options, preprocess)
+        train = read_split(stage, "train", columns, seed, preprocess)
         train = train.sort(_ORDER).drop_columns([_ORDER]).materialize()
-        val = read_split(stage_url, "val", columns, seed, options, preprocess)
+        val = read_split(stage, "val", columns, seed, preprocess)
         val = val.drop_columns([_ORDER]).materialize()
         n_train, n_val = train.count(), val.count()
         if n_train < world_size:
-            raise ValueError(f"{stage_url}: {n_train} train rows cannot feed {world_size} "
+            raise ValueError(f"{stage}: {n_train} train rows cannot feed {world_size} "
                              f"workers")
         chunks_per_rank = max(1, min(chunks_per_rank, n_train // world_size))
         n_chunks = world_size * chunks_per_rank
@@ -305,22 +291,20 @@ def eval_batches(iterator: Any, batch_size: int) -> Iterator[dict[str, np.ndarra
                                      prefetch_batches=1)
 
 
-def publish_split_table(stage_url: str, table: pa.Table, n_files: int = 2,
-                        stage: str = "dedup",
-                        options: Mapping[str, Any] | None = None) -> str:
-    """Publish `table` as a split stage (data/part-*.parquet + manifest); returns its
-    digest. For tests, benchmarks and smoke runs that need a stage without Spark
-    (`options`: fsspec options of the store, e.g. an S3 endpoint_url)."""
+def publish_split_table(stage: Location, table: pa.Table, n_files: int = 2,
+                        stage_name: str = "dedup") -> str:
+    """Publish `table` as a split stage (data/part-*.parquet + manifest) at `stage`;
+    returns its content digest. For tests, benchmarks and smoke runs that need a stage
+    without Spark (any store: the Location carries its options)."""
     import pyarrow.parquet as pq
 
     from pipeline.storage import StageWriter
 
-    writer = StageWriter(stage_url, stage=stage, options=options)
-    fs, staging = filesystem(writer.staging_url, options)
+    writer = StageWriter(stage, stage_name)
     bounds = np.linspace(0, table.num_rows, n_files + 1).astype(int)
     for i in range(n_files):
         part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
-        with fs.open(posixpath.join(staging, "data", f"part-{i:05d}.parquet"), "wb") as fh:
+        with (writer.staging / "data" / f"part-{i:05d}.parquet").open("wb") as fh:
             pq.write_table(part, fh)
     counts = pc.value_counts(table.column("split")).to_pylist()
     manifest = writer.publish(row_counts={d["values"]: d["counts"] for d in counts})

@@ -33,8 +33,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.storage import Location
+from pipeline.train import UNVALIDATED_LOSS, data
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import data
 from pipeline.train.faults import FAULT_ENV, FaultSpec, InjectedFault
 from pipeline.train.metrics import SumAccumulator, distributed, gather_objects
 from pipeline.train.optim import WarmupCosine, make_optimizer, make_scheduler
@@ -48,10 +49,6 @@ __all__ = ["FAULT_ENV", "UNVALIDATED_LOSS", "FaultSpec", "InjectedFault", "LoopS
 log = logging.getLogger("pipeline.train")
 
 
-#: `val_loss` reported with checkpoints taken before validation (mid-epoch)
-UNVALIDATED_LOSS = 1e30
-
-
 class NonFiniteLossError(FloatingPointError):
     """A loss was NaN or infinite; the optimizer step was not taken."""
 
@@ -61,7 +58,7 @@ class LoopSpec:
     """Everything a worker needs, built by the driver (pickled to the workers)."""
 
     task: Any  # a pipeline.train.task.Task, with any driver-side statistics applied
-    task_name: str
+    modality: str
     epochs: int
     seed: int
     lr: float
@@ -78,8 +75,7 @@ class LoopSpec:
     data_digest: str
     resume_config: Mapping[str, Any] = field(default_factory=dict)
     task_state: Mapping[str, Any] = field(default_factory=dict)
-    resume_from: str | None = None  # URL of the newest complete checkpoint the driver saw
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    resume_from: Location | None = None  # the newest complete checkpoint the driver saw
     fault: FaultSpec | None = None
     window_batches: int = data.SHUFFLE_WINDOW_BATCHES
     threads: int = 1  # torch intra-op threads per worker (= its CPUs)
@@ -197,7 +193,7 @@ class _Worker:
                      f"{self.batch_in_epoch})" if resumed else "starting from scratch")
             log.info("%s: %d worker(s) on %s (%d torch thread(s) each), %d epochs of %d "
                      "optimizer steps (%d batches of %d per worker, gradient accumulation "
-                     "%d); %s", spec.task_name, self.world, self.device,
+                     "%d); %s", spec.modality, self.world, self.device,
                      torch.get_num_threads(), spec.epochs, spec.steps_per_epoch,
                      spec.batches_per_epoch, spec.batch_size, spec.grad_accum_steps, where)
 
@@ -206,18 +202,15 @@ class _Worker:
         import ray.train
         from fsspec.implementations.local import LocalFileSystem
 
-        from pipeline.storage import filesystem
-
         reported = ray.train.get_checkpoint()
         if reported is not None:
             def from_ray() -> ckpt.LoadedCheckpoint:
                 with reported.as_directory() as local:
                     return ckpt.load_checkpoint(LocalFileSystem(), local)
             yield f"Ray Train's latest checkpoint {reported.path}", from_ray
-        if self.spec.resume_from:
-            url = self.spec.resume_from
-            fs, path = filesystem(url, self.spec.storage_options)
-            yield url, lambda: ckpt.load_checkpoint(fs, path)
+        if self.spec.resume_from is not None:
+            fs, path = self.spec.resume_from.filesystem()
+            yield self.spec.resume_from.url, lambda: ckpt.load_checkpoint(fs, path)
 
     def _restore(self) -> str | None:
         best: tuple[str, ckpt.LoadedCheckpoint] | None = None
@@ -256,7 +249,7 @@ class _Worker:
             ray.train.report(metrics, checkpoint=None)
             return
         meta = ckpt.CheckpointMeta(
-            task=self.spec.task_name, step=self.step, epoch=self.epoch,
+            task=self.spec.modality, step=self.step, epoch=self.epoch,
             batch_in_epoch=self.batch_in_epoch, world_size=self.world,
             config_digest=self.spec.config_digest, data_digest=self.spec.data_digest,
             metrics=metrics, history=tuple(self.history), resume_config=self.spec.resume_config,

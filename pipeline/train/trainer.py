@@ -1,12 +1,14 @@
-"""Driver side of training: build and run a `ray.train.torch.TorchTrainer` for one task.
+"""Driver side of training: build and run a `ray.train.torch.TorchTrainer` for one modality.
 
-`train_task(cfg, task_name, data_stage_url, run)` reads the published split stage, builds
-the task (class vocabulary and task statistics from the train split), prepares the Ray Data
-shards (pipeline.train.data), and runs the generic loop (pipeline.train.loop) on
-`cfg.train.scaling.num_workers` workers: NCCL on GPUs, gloo on CPUs.
+`train_task(cfg, modality, data, run)` reads the published split stage `data`, builds the
+modality's training task from its spec (class vocabulary and task statistics from the train
+split), prepares the Ray Data shards (pipeline.train.data), and runs the generic loop
+(pipeline.train.loop) on `cfg.train.scaling.num_workers` workers: NCCL on GPUs, gloo on
+CPUs. It returns a `TrainResult` and writes nothing but checkpoints: the train stage
+(pipeline.train.stage) publishes the result in its own folder.
 
-Checkpoints live in `<run>/checkpoints/train_<task>/checkpoint_<step>/` (RunConfig
-storage_path = `<run>/checkpoints`, name = `train_<task>`). Resumption:
+Checkpoints live in `<run>/checkpoints/train_<modality>/checkpoint_<step>/` (RunConfig
+storage_path = `<run>/checkpoints`, name = `train_<modality>`). Resumption:
 
 - worker failure: Ray Train restarts the worker group (FailureConfig.max_failures) and
   hands the workers the latest reported checkpoint (`ray.train.get_checkpoint()`);
@@ -23,42 +25,48 @@ from __future__ import annotations
 
 import logging
 import math
-import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline import modalities
 from pipeline.config import PipelineConfig, ScalingConfig, to_dict
 from pipeline.ray_env import init_ray
-from pipeline.storage import (
-    RunPaths,
-    digest_of,
-    filesystem,
-    join,
-    move_tree,
-    read_manifest,
-    write_json_atomic,
-)
+from pipeline.storage import Location, RunPaths, digest_of, move_tree, read_manifest
+from pipeline.train import UNVALIDATED_LOSS, data
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import data
-from pipeline.train.loop import UNVALIDATED_LOSS, FaultSpec, LoopSpec, train_loop_per_worker
+from pipeline.train.loop import FaultSpec, LoopSpec, train_loop_per_worker
+
+if TYPE_CHECKING:
+    from pipeline.modalities import TrainingSpec
 
 log = logging.getLogger(__name__)
 
-#: tasks whose factory needs the sorted class names of the train split, and their column
-VOCABULARY_COLUMN: Mapping[str, str] = {"images": "label"}
-#: TrainConfig fields that do not change what is trained (safe to change on resume)
-_NOT_RESUME_RELEVANT = ("checkpoint_every_steps", "keep_best", "max_failures",
-                        "log_every_steps", "scaling", "text", "images", "transactions")
+#: TrainConfig fields that do not change what is trained (safe to change on resume); the
+#: modalities' own sections are added by `_not_resume_relevant` (each is compared alone)
+_RUN_SETTINGS = ("checkpoint_every_steps", "keep_best", "max_failures", "log_every_steps",
+                 "scaling")
+
+
+def _not_resume_relevant() -> frozenset[str]:
+    return frozenset((*_RUN_SETTINGS, *modalities.names()))
+
+
+def training_of(modality: str) -> TrainingSpec:
+    """The training spec of `modality`; ValueError when it trains no model."""
+    spec = modalities.get(modality).training
+    if spec is None:
+        raise ValueError(f"modality {modality!r} has no training task")
+    return spec
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one training run produced."""
+    """What one training run produced (the train stage publishes it as result.json)."""
 
-    task: str
+    modality: str
     best_checkpoint: str | None  # URL of the retained checkpoint with the lowest val_loss
     best_val_loss: float
     latest_checkpoint: str | None
@@ -67,7 +75,6 @@ class TrainResult:
     data_digest: str
     config_digest: str
     resumed_from: str | None = None
-    report_url: str = ""
     prepare_seconds: float = 0.0  # reading and sharding the data on the driver
     fit_seconds: float = 0.0  # TorchTrainer.fit, Ray Train setup included
     task_state: Mapping[str, Any] = field(default_factory=dict)
@@ -76,13 +83,13 @@ class TrainResult:
         return asdict(self)
 
 
-def checkpoint_root(run: RunPaths, task_name: str) -> str:
-    """URL of the folder holding one task's checkpoints (Ray Train's experiment folder)."""
-    return join(run.checkpoints, experiment_name(task_name))
+def checkpoint_root(run: RunPaths, modality: str) -> Location:
+    """The folder holding one modality's checkpoints (Ray Train's experiment folder)."""
+    return run.checkpoints / experiment_name(modality)
 
 
-def experiment_name(task_name: str) -> str:
-    return f"train_{task_name}"
+def experiment_name(modality: str) -> str:
+    return f"train_{modality}"
 
 
 def resolve_use_gpu(scaling: ScalingConfig) -> bool:
@@ -113,95 +120,98 @@ def _warn_if_too_few_nodes(scaling: ScalingConfig) -> None:
                     scaling.num_workers, scaling.num_workers, alive)
 
 
-def resume_config(cfg: PipelineConfig, task_name: str,
+def resume_config(cfg: PipelineConfig, modality: str,
                   task_state: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a checkpoint must share with the current run to be resumed."""
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in _NOT_RESUME_RELEVANT}
+    skip = _not_resume_relevant()
+    train = {k: v for k, v in to_dict(cfg.train).items() if k not in skip}
     flat = {f"train.{k}": v for k, v in train.items()}
-    flat.update({f"train.{task_name}.{k}": v
-                 for k, v in to_dict(getattr(cfg.train, task_name)).items()})
+    flat.update({f"train.{modality}.{k}": v
+                 for k, v in to_dict(training_of(modality).config(cfg)).items()})
     flat["train.scaling.num_workers"] = cfg.train.scaling.num_workers  # data order per rank
     flat.update({f"task.{k}": v for k, v in task_state.items()})
     return flat
 
 
-def _vocabulary(stage_url: str, column: str, options: Mapping[str, Any]) -> list[str]:
+def _vocabulary(stage: Location, column: str) -> list[str]:
     import pyarrow.compute as pc
 
-    values = data.read_split_columns(stage_url, "train", [column], options).column(column)
+    values = data.read_split_columns(stage, "train", [column]).column(column)
     return sorted(str(v) for v in pc.unique(values.drop_null()).to_pylist())
 
 
-def _url(fs: Any, path: str) -> str:
-    return str(fs.unstrip_protocol(path))
-
-
-def _best(fs: Any, root: str) -> tuple[str | None, float]:
+def _best(root: Location) -> tuple[str | None, float]:
+    fs, path = root.filesystem()
     scored = [(float(m.metrics.get("val_loss", math.inf)), p)
-              for p, m in ckpt.list_checkpoints(fs, root)]
+              for p, m in ckpt.list_checkpoints(fs, path)]
     finite = [(v, p) for v, p in scored if math.isfinite(v) and v < UNVALIDATED_LOSS]
     if not finite:
         return None, math.nan
-    value, path = min(finite)
-    return _url(fs, path), value
+    value, best = min(finite)
+    return root.url_of(best), value
 
 
-def _result(task_name: str, fs: Any, root: str, data_digest: str, config_digest: str,
+def _result(modality: str, root: Location, data_digest: str, config_digest: str,
             resumed_from: str | None, task_state: Mapping[str, Any],
             timings: tuple[float, float]) -> TrainResult:
-    latest = ckpt.latest_checkpoint(fs, root)
+    fs, path = root.filesystem()
+    latest = ckpt.latest_checkpoint(fs, path)
     if latest is None:
-        raise ckpt.CheckpointError(f"training of {task_name} left no complete checkpoint "
-                                   f"under {_url(fs, root)}")
-    path, meta = latest
-    best_url, best_loss = _best(fs, root)
+        raise ckpt.CheckpointError(f"training of {modality} left no complete checkpoint "
+                                   f"under {root}")
+    latest_path, meta = latest
+    best_url, best_loss = _best(root)
     history = tuple(dict(h) for h in meta.history)
-    return TrainResult(task=task_name, best_checkpoint=best_url, best_val_loss=best_loss,
-                       latest_checkpoint=_url(fs, path),
-                       final_metrics=dict(history[-1]) if history else dict(meta.metrics),
-                       history=history, data_digest=data_digest, config_digest=config_digest,
-                       resumed_from=resumed_from, prepare_seconds=timings[0],
-                       fit_seconds=timings[1], task_state=dict(task_state))
+    result = TrainResult(
+        modality=modality, best_checkpoint=best_url, best_val_loss=best_loss,
+        latest_checkpoint=root.url_of(latest_path),
+        final_metrics=dict(history[-1]) if history else dict(meta.metrics),
+        history=history, data_digest=data_digest, config_digest=config_digest,
+        resumed_from=resumed_from, prepare_seconds=timings[0], fit_seconds=timings[1],
+        task_state=dict(task_state))
+    final = result.final_metrics
+    log.info("%s: %d epoch(s); final train loss %.4f, val loss %.4f; best val loss %.4f at "
+             "%s", modality, len(history), float(final.get("train_loss", math.nan)),
+             float(final.get("val_loss", math.nan)), best_loss, best_url)
+    return result
 
 
-def _run_config(cfg: PipelineConfig, run: RunPaths, task_name: str) -> Any:
+def _run_config(cfg: PipelineConfig, run: RunPaths, modality: str) -> Any:
     import ray.train
 
-    storage_fs, storage_path = data.arrow_filesystem(run.checkpoints, cfg.storage.options)
-    local = run.checkpoints.startswith("file://")
+    storage_fs, storage_path = run.checkpoints.arrow_filesystem()
     return ray.train.RunConfig(
-        name=experiment_name(task_name), storage_path=storage_path,
-        storage_filesystem=None if local else storage_fs,
+        name=experiment_name(modality), storage_path=storage_path,
+        storage_filesystem=None if run.checkpoints.is_local else storage_fs,
         checkpoint_config=ray.train.CheckpointConfig(
             num_to_keep=cfg.train.keep_best, checkpoint_score_attribute="val_loss",
             checkpoint_score_order="min"),
         failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures))
 
 
-def superseded_root(root: str, meta: ckpt.CheckpointMeta) -> str:
+def superseded_root(root: Location, meta: ckpt.CheckpointMeta) -> Location:
     """Where checkpoints of an earlier version of a stage are kept (named by the config and
     data digests they were made with)."""
-    parent, name = posixpath.split(root.rstrip("/"))
-    return posixpath.join(parent, "superseded",
-                          f"{name}-{meta.config_digest[:12]}-{meta.data_digest[:12]}")
+    return root.parent.join("superseded",
+                            f"{root.name}-{meta.config_digest[:12]}-{meta.data_digest[:12]}")
 
 
-def _supersede(fs: Any, root: str, meta: ckpt.CheckpointMeta, why: str) -> None:
+def _supersede(root: Location, meta: ckpt.CheckpointMeta, why: str) -> None:
     """Move a checkpoint folder made from `why` out of the way (Ray Train's run snapshot
     with it), so that training starts afresh under the same name; nothing is deleted but an
     older copy of the very same version."""
     target = superseded_root(root, meta)
-    if fs.exists(target):
-        fs.rm(target, recursive=True)
-    move_tree(fs, root, target)
+    target.remove()
+    fs, path = root.filesystem()
+    move_tree(fs, path, target.path)
     log.warning("checkpoints in %s were made from %s (step %d); moved them to %s and "
-                "training from scratch", _url(fs, root), why, meta.step, _url(fs, target))
+                "training from scratch", root, why, meta.step, target)
 
 
-def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: RunPaths,
+def train_task(cfg: PipelineConfig, modality: str, data_stage: Location, run: RunPaths,
                *, fault: FaultSpec | None = None, supersede: bool = False) -> TrainResult:
-    """Train `task_name` on the split stage at `data_stage_url`; resume if the run has a
-    checkpoint. Writes `<run>/reports/train_<task>.json` and returns a TrainResult.
+    """Train `modality`'s task on the published split stage `data_stage`; resume if the run
+    has a checkpoint. Returns the TrainResult; writes nothing but checkpoints.
 
     A checkpoint made from other data or another training configuration is refused with an
     error naming both digests; with `supersede=True` (the train stage, which re-runs exactly
@@ -211,62 +221,59 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.train.tasks import get_task
-
+    spec = training_of(modality)
     started = time.perf_counter()
-    options = dict(cfg.storage.options)
     init_ray(cfg.ray)
-    data_digest = read_manifest(data_stage_url, options).content_digest
-    fs, root = filesystem(checkpoint_root(run, task_name), options)
-    found = ckpt.latest_checkpoint(fs, root)
+    data_digest = read_manifest(data_stage).content_digest
+    root = checkpoint_root(run, modality)
+    fs, root_path = root.filesystem()
+    found = ckpt.latest_checkpoint(fs, root_path)
     if found is not None and supersede and found[1].data_digest != data_digest:
-        _supersede(fs, root, found[1], "other data")
+        _supersede(root, found[1], "other data")
         found = None
     if found is not None:  # before any data work: other data can never be resumed
-        ckpt.check_data(found[1], _url(fs, found[0]), data_digest)
+        ckpt.check_data(found[1], root.url_of(found[0]), data_digest)
 
-    column = VOCABULARY_COLUMN.get(task_name)
-    labels: Sequence[str] | None = (_vocabulary(data_stage_url, column, options)
-                                    if column else None)
-    task = get_task(task_name, cfg, labels)
+    column = spec.vocabulary_column
+    labels: Sequence[str] | None = _vocabulary(data_stage, column) if column else None
+    task = spec.make_task(cfg, labels)
     scaling = cfg.train.scaling
     task_state: dict[str, Any] = {"labels": list(labels)} if labels is not None else {}
     prepare = getattr(task, "prepare", None)
     if callable(prepare):  # optional hook: statistics of the train split (e.g. pos_weight)
-        task_state.update(prepare(partial(data.read_split_columns, data_stage_url, "train",
-                                          options=options)))
-    resume = resume_config(cfg, task_name, task_state)
+        task_state.update(prepare(partial(data.read_split_columns, data_stage, "train")))
+    resume = resume_config(cfg, modality, task_state)
     config_digest = digest_of(resume)
     if found is not None and supersede and found[1].config_digest != config_digest:
-        _supersede(fs, root, found[1], "another training configuration")
+        _supersede(root, found[1], "another training configuration")
         found = None
-    resumed_from = _url(fs, found[0]) if found else None
+    resumed_from = root.url_of(found[0]) if found else None
     if found is not None:
         ckpt.check_resumable(found[1], resumed_from or "", config_digest, data_digest, resume)
     prepare_seconds = time.perf_counter() - started
     if found is not None and found[1].epoch >= cfg.train.epochs:
         log.info("%s: checkpoint %s already completed %d epochs; nothing to train",
-                 task_name, resumed_from, found[1].epoch)
-        result = _result(task_name, fs, root, data_digest, config_digest, resumed_from,
-                         task_state, (prepare_seconds, 0.0))
-        return _write_report(cfg, run, result)
+                 modality, resumed_from, found[1].epoch)
+        return _result(modality, root, data_digest, config_digest, resumed_from,
+                       task_state, (prepare_seconds, 0.0))
 
     preprocess = getattr(task, "preprocess", None)  # optional hook, see pipeline.train.data
-    inputs = data.prepare_inputs(data_stage_url, task.columns, scaling.num_workers,
-                                 cfg.train.seed, options,
+    inputs = data.prepare_inputs(data_stage, task.columns, scaling.num_workers,
+                                 cfg.train.seed,
                                  preprocess=preprocess if callable(preprocess) else None)
     prepare_seconds = time.perf_counter() - started
-    task_cfg = getattr(cfg.train, task_name)
-    spec = LoopSpec(
-        task=task, task_name=task_name, epochs=cfg.train.epochs, seed=cfg.train.seed,
+    task_cfg = spec.config(cfg)
+    loop = LoopSpec(
+        task=task, modality=modality, epochs=cfg.train.epochs, seed=cfg.train.seed,
         lr=task_cfg.lr, weight_decay=cfg.train.weight_decay,
         warmup_steps=cfg.train.warmup_steps, grad_accum_steps=cfg.train.grad_accum_steps,
         grad_clip=cfg.train.grad_clip, checkpoint_every_steps=cfg.train.checkpoint_every_steps,
         log_every_steps=cfg.train.log_every_steps, batch_size=task_cfg.batch_size,
         n_chunks=len(inputs.chunks), batches_per_epoch=inputs.batches_per_epoch(
             task_cfg.batch_size), config_digest=config_digest, data_digest=data_digest,
-        resume_config=resume, task_state=task_state, resume_from=resumed_from,
-        storage_options=options, fault=fault if fault is not None else FaultSpec.from_env(),
+        resume_config=resume, task_state=task_state,
+        resume_from=root.at(resumed_from) if resumed_from else None,
+        fault=fault if fault is not None else FaultSpec.from_env(),
         threads=scaling.cpus_per_worker)
     use_gpu = resolve_use_gpu(scaling)
     _warn_if_too_few_nodes(scaling)
@@ -274,34 +281,21 @@ def train_task(cfg: PipelineConfig, task_name: str, data_stage_url: str, run: Ru
     if use_gpu:
         resources["GPU"] = 1.0
     log.info("%s: training on %d %s worker(s) (%s), %d train rows/epoch, %d val rows, "
-             "%d optimizer steps; checkpoints in %s", task_name, scaling.num_workers,
+             "%d optimizer steps; checkpoints in %s", modality, scaling.num_workers,
              "GPU" if use_gpu else "CPU", "nccl" if use_gpu else "gloo", inputs.train_rows,
-             inputs.val_rows, spec.total_steps, checkpoint_root(run, task_name))
+             inputs.val_rows, loop.total_steps, root)
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config={"spec": spec},
+        train_loop_per_worker, train_loop_config={"spec": loop},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
             placement_strategy=scaling.placement_strategy),
-        run_config=_run_config(cfg, run, task_name),
+        run_config=_run_config(cfg, run, modality),
         datasets=dict(inputs.datasets()),  # type: ignore[arg-type]
         dataset_config=ray.train.DataConfig(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)))
     fit_started = time.perf_counter()
     trainer.fit()
     fit_seconds = time.perf_counter() - fit_started
-    result = _result(task_name, fs, root, data_digest, config_digest, resumed_from, task_state,
-                     (prepare_seconds, fit_seconds))
-    return _write_report(cfg, run, result)
-
-
-def _write_report(cfg: PipelineConfig, run: RunPaths, result: TrainResult) -> TrainResult:
-    url = join(run.reports, f"train_{result.task}.json")
-    result = TrainResult(**{**asdict(result), "report_url": url})
-    write_json_atomic(url, result.to_json(), dict(cfg.storage.options))
-    final = result.final_metrics
-    log.info("%s: %d epoch(s); final train loss %.4f, val loss %.4f; best val loss %.4f at "
-             "%s; report %s", result.task, len(result.history),
-             float(final.get("train_loss", math.nan)), float(final.get("val_loss", math.nan)),
-             result.best_val_loss, result.best_checkpoint, url)
-    return result
+    return _result(modality, root, data_digest, config_digest, resumed_from, task_state,
+                   (prepare_seconds, fit_seconds))

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pipeline.config import config_from_dict
+from pipeline.graph import default_stages
 from pipeline.orchestrator import run_pipeline
-from pipeline.storage import read_json, read_manifest
+from pipeline.storage import Location, read_manifest
 
 if TYPE_CHECKING:  # conftest is not importable at run time (no packages under tests/)
     from tests.cluster.conftest import LocalCluster
@@ -63,7 +64,7 @@ def _learned(metrics: dict[str, Any]) -> dict[str, Any]:
 def _final_weights(root: Path) -> dict[str, Any]:
     import torch
 
-    result = read_json(f"file://{root}/runs/c/train/transactions/result.json")
+    result = Location(f"file://{root}/runs/c/train/transactions/result.json").read_json()
     best = result["best_checkpoint"]
     path = best[len("file://"):] if best.startswith("file://") else best
     return dict(torch.load(Path(path) / "model.pt", map_location="cpu", weights_only=True))
@@ -84,7 +85,8 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: A
                 PIPELINE_CACHE_DIR=str(tmp_path / "bundles"))
     # The local-mode reference runs in this process, on the session's Spark and Ray.
     monkeypatch.setenv("PIPELINE_HMAC_KEY", FAKE_KEY)
-    run_pipeline(config_from_dict(_config(tmp_path / "local", raw / "transactions")))
+    run_pipeline(config_from_dict(_config(tmp_path / "local", raw / "transactions")),
+                 default_stages())
 
     cluster_cfg = _config(tmp_path / "cluster", raw / "transactions", spark={
         "backend": "spark-submit", "submit_master": local_cluster.spark_master,
@@ -98,16 +100,16 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: A
     out = result.stdout + result.stderr
 
     for stage in SPARK_STAGES:
-        ours = read_manifest(f"file://{tmp_path}/cluster/runs/c/{stage}")
-        ref = read_manifest(f"file://{tmp_path}/local/runs/c/{stage}")
+        ours = read_manifest(Location(f"file://{tmp_path}/cluster/runs/c/{stage}"))
+        ref = read_manifest(Location(f"file://{tmp_path}/local/runs/c/{stage}"))
         assert ours.content_digest == ref.content_digest, stage
-    trained = read_manifest(f"file://{tmp_path}/cluster/runs/c/train/transactions")
-    reference = read_manifest(f"file://{tmp_path}/local/runs/c/train/transactions")
+    trained = read_manifest(Location(f"file://{tmp_path}/cluster/runs/c/train/transactions"))
+    reference = read_manifest(Location(f"file://{tmp_path}/local/runs/c/train/transactions"))
     assert _learned(trained.extra["final_metrics"]) == _learned(reference.extra["final_metrics"])
     assert trained.extra["best_val_loss"] == reference.extra["best_val_loss"]
-    evaluated = read_manifest(f"file://{tmp_path}/cluster/runs/c/evaluate/transactions")
+    evaluated = read_manifest(Location(f"file://{tmp_path}/cluster/runs/c/evaluate/transactions"))
     assert evaluated.extra["metrics"] == read_manifest(
-        f"file://{tmp_path}/local/runs/c/evaluate/transactions").extra["metrics"]
+        Location(f"file://{tmp_path}/local/runs/c/evaluate/transactions")).extra["metrics"]
     ours_w, ref_w = _final_weights(tmp_path / "cluster"), _final_weights(tmp_path / "local")
     import torch
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from pipeline.storage import RunPaths, filesystem
+from pipeline.storage import Location, RunPaths
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.data import publish_split_table
 from pipeline.train.faults import FAULT_ENV
@@ -95,10 +95,10 @@ def _finish(client: Any, job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> tuple
     return str(status), client.get_job_logs(job_id)
 
 
-def _checkpoints_intact(root: str) -> list[tuple[str, ckpt.CheckpointMeta]]:
+def _checkpoints_intact(root: Location) -> list[tuple[str, ckpt.CheckpointMeta]]:
     """Every checkpoint folder is either complete and loads with matching hashes, or has
     no checkpoint.json (an upload cut short: readers never take it for a checkpoint)."""
-    fs, path = filesystem(root)
+    fs, path = root.filesystem()
     listed = ckpt.list_checkpoints(fs, path)
     committed = [p for p in sorted(fs.ls(path)) if Path(p).name.startswith("checkpoint_")
                  and fs.exists(f"{p}/{ckpt.META_FILE}")]
@@ -115,13 +115,13 @@ def test_worker_node_killed_after_first_checkpoint(ray_cluster_auth: LocalCluste
 
     cluster = ray_cluster_auth
     run_id = "node-kill"
-    run = RunPaths(f"file://{tmp_path}", run_id)
+    run = RunPaths(Location(f"file://{tmp_path}"), run_id)
     publish_split_table(run.stage(f"dedup/{TASK}"),
                         synthetic_transactions(1600, seed=4, fraud_rate=0.2))
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**SETTINGS, "storage": {"root": f"file://{tmp_path}"}}))
     root = checkpoint_root(run, TASK)
-    _, root_path = filesystem(root)
+    _, root_path = root.filesystem()
     marker = tmp_path / "stalled"
     client = JobSubmissionClient(cluster.ray_dashboard, headers=cluster.auth_headers())
     started = time.monotonic()
@@ -170,7 +170,7 @@ def test_worker_node_killed_after_first_checkpoint(ray_cluster_auth: LocalCluste
     print(f"rerun {status} in {time.monotonic() - rerun_started:.1f} s")
     assert status == str(JobStatus.SUCCEEDED), logs[-4000:]
     listed = _checkpoints_intact(root)
-    fs, _ = filesystem(root)
+    fs, _ = root.filesystem()
     latest = ckpt.latest_checkpoint(fs, root_path)
     assert latest is not None and latest[1].epoch == EPOCHS and latest[1].step == 20
     assert latest[1].world_size == 2 and len(latest[1].history) == EPOCHS

@@ -9,27 +9,30 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import modalities
 from pipeline.config import config_from_dict
 from pipeline.dedup.stage import dedup_report_stage, dedup_stage
-from pipeline.ingest.stage import MODALITIES, ingest_stage
+from pipeline.gates import QualityGateError
+from pipeline.ingest.stage import ingest_stage
 from pipeline.orchestrator import StageFailed, run_pipeline
-from pipeline.orchestrator.stages import synth_stage
-from pipeline.quality import QualityGateError
-from pipeline.storage import RunPaths, published_files, read_manifest, verify_stage
+from pipeline.orchestrator.stages import stage_from_factory, synth_stage
+from pipeline.storage import Location, RunPaths, published_files, read_manifest, verify_stage
 from pipeline.synth import GroundTruth
 
 pytestmark = pytest.mark.integration
+MODALITIES = modalities.names()
 
 
 def _stages() -> list[Any]:
     return [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
-            *(dedup_stage(m) for m in MODALITIES), dedup_report_stage(MODALITIES)]
+            *(dedup_stage(m) for m in MODALITIES), dedup_report_stage()]
 
 
-def _table(stage_url: str, prefix: str) -> list[dict[str, Any]]:
+def _table(stage: Location, prefix: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for url in published_files(stage_url, prefix=prefix, suffix=".parquet"):
-        rows += pq.read_table(url.removeprefix("file://")).to_pylist()
+    for loc in published_files(stage, prefix=prefix, suffix=".parquet"):
+        with loc.open() as fh:
+            rows += pq.read_table(fh).to_pylist()
     return rows
 
 
@@ -39,7 +42,16 @@ def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> RunPaths:
     cfg = config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
                             "synth": {"scale": 0.3}, "spark": {"shuffle_partitions": 2}})
     run_pipeline(cfg, _stages())
-    return RunPaths(f"file://{root}", "t")
+    return RunPaths(Location(str(root)), "t")
+
+
+@pytest.mark.unit
+def test_stages_rebuild_from_their_factory() -> None:
+    stages = [*(dedup_stage(m) for m in MODALITIES), dedup_report_stage()]
+    for stage in stages:
+        rebuilt = stage_from_factory(stage.factory, stage.args, stage.name)
+        assert (rebuilt.name, rebuilt.inputs) == (stage.name, stage.inputs)
+    assert stages[-1].inputs == tuple(f"dedup/{m}" for m in MODALITIES)
 
 
 def _cluster_of(run: RunPaths, modality: str, key: str) -> dict[str, str]:
@@ -62,8 +74,7 @@ def test_counts_reconcile_end_to_end(run: RunPaths) -> None:
 
 
 def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths) -> None:
-    gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
-                               + "/ground_truth.json")
+    gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
     curated = _table(run.stage("ingest/text"), "curated/")
     doc_of = {row["source"].split("/synth/", 1)[1]: row["doc_id"] for row in curated}
 
@@ -87,8 +98,7 @@ def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths) ->
 
 
 def test_images_copies_reencodes_and_resizes_merged(run: RunPaths) -> None:
-    gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
-                               + "/ground_truth.json")
+    gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
     curated = _table(run.stage("ingest/images"), "curated/")
     image_of = {row["source"].split("/synth/", 1)[1]: row["image_id"] for row in curated}
     cluster = _cluster_of(run, "images", "image_id")
@@ -98,8 +108,7 @@ def test_images_copies_reencodes_and_resizes_merged(run: RunPaths) -> None:
 
 
 def test_transaction_replays_retries_and_conflicts(run: RunPaths) -> None:
-    gt = GroundTruth.from_json(run.stage("synth").removeprefix("file://")
-                               + "/ground_truth.json")
+    gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
     stage = run.stage("dedup/transactions")
     dropped = {d["dropped_id"]: d["rule"] for d in _table(stage, "duplicates/")}
     quarantined = {q["source"].split("/synth/", 1)[1]: q["reason"]
@@ -133,7 +142,7 @@ def test_no_cluster_straddles_splits(run: RunPaths) -> None:
 
 
 def test_report_is_a_page_with_plots(run: RunPaths) -> None:
-    folder = Path(run.stage("reports/dedup").removeprefix("file://"))
+    folder = Path(run.stage("reports/dedup").path)
     page = (folder / "dedup.html").read_text()
     HTMLParser().feed(page)
     assert page.count("<svg") >= 3 and "data:image/png;base64," in page
@@ -141,8 +150,7 @@ def test_report_is_a_page_with_plots(run: RunPaths) -> None:
 
 
 def test_failing_gate_stops_with_its_name(run: RunPaths, spark: Any) -> None:
-    root = run.root.removeprefix("file://")
-    cfg = config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
+    cfg = config_from_dict({"run_id": "t", "storage": {"root": run.root.url},
                             "synth": {"scale": 0.3}, "spark": {"shuffle_partitions": 2},
                             "modalities": ["transactions"],
                             "gates": {"max_duplicate_rate": 0.001}})

@@ -20,7 +20,8 @@ from pipeline.dedup.report import (
     scurve,
     write_dedup_report,
 )
-from pipeline.quality import evaluate_gates
+from pipeline.gates import evaluate_gates
+from pipeline.storage import Location
 
 EVIL = "<img src=x onerror=alert(1)> & co"
 
@@ -83,7 +84,8 @@ def _figures() -> dict[str, Any]:
 @pytest.mark.unit
 def test_report_html_and_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
     html_path, json_path = tmp_path / "reports" / "dedup.html", tmp_path / "reports" / "dedup.json"
-    written = write_dedup_report(_figures(), str(html_path), str(json_path))
+    written = write_dedup_report(_figures(), Location(str(html_path)),
+                                 Location(str(json_path)))
     page = html_path.read_text(encoding="utf-8")
     parser = Tags()
     parser.feed(page)

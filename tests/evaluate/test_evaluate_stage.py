@@ -1,6 +1,8 @@
-"""The evaluate stages end to end: tiny models of all three tasks trained (1 epoch) and
-evaluated through the runner, figures checked against independent computations, reports,
-gates, tampered checkpoints, and batch inference."""
+"""The train and evaluate stages end to end: tiny models of all three modalities trained
+(1 epoch) and evaluated through the runner, every output (reports included) inside its
+stage and listed by its manifest, figures checked against independent computations,
+reports, gates (a failed one leaves a marked report under reports/failed), tampered
+checkpoints and results, and batch inference."""
 
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ import torch
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.evaluate.model import best_checkpoint, load_trained
 from pipeline.evaluate.predict import predict_table
-from pipeline.evaluate.stage import evaluate_stage
+from pipeline.evaluate.stage import evaluate_stage, failed_report
 from pipeline.orchestrator import StageFailed, run_pipeline
-from pipeline.storage import RunPaths, read_json, read_manifest
+from pipeline.storage import Location, RunPaths, read_manifest
 from pipeline.train.checkpoint import CheckpointMismatchError, CorruptCheckpointError
 from pipeline.train.data import publish_split_table
-from pipeline.train.stage import train_stage
+from pipeline.train.stage import read_train_result, train_stage
 from pipeline.train.tasks.text import make_windows
 from pipeline.train.tasks.transactions import synthetic_transactions
 
@@ -89,7 +91,7 @@ def _stages() -> list[Any]:
 @pytest.fixture(scope="module")
 def run(ray_local: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("evaluate")
-    paths = RunPaths(f"file://{root}", RUN_ID)
+    paths = RunPaths(Location(f"file://{root}"), RUN_ID)
     tables = {"text": _text_table(), "images": _image_table(),
               "transactions": _txn_table()}
     for task, table in tables.items():
@@ -101,7 +103,7 @@ def run(ray_local: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 
 def _metrics(run: dict[str, Any], task: str) -> dict[str, Any]:
-    body: dict[str, Any] = read_json(run["paths"].stage(f"evaluate/{task}") + "/metrics.json")
+    body: dict[str, Any] = (run["paths"].stage(f"evaluate/{task}") / "metrics.json").read_json()
     return body
 
 
@@ -113,7 +115,7 @@ def _predictions(run: dict[str, Any], task: str, split: str = "test") -> pa.Tabl
 def _model(run: dict[str, Any], task: str) -> Any:
     cfg = _cfg(run["root"])
     ref = best_checkpoint(run["paths"].stage(f"train/{task}"))
-    return load_trained(cfg, task, ref.checkpoint_url, ref.task_state)
+    return load_trained(cfg, task, ref.checkpoint, ref.task_state)
 
 
 def _test_rows(run: dict[str, Any], task: str) -> pa.Table:
@@ -131,7 +133,7 @@ def test_stages_ran_and_manifests_carry_lineage(run: dict[str, Any]) -> None:
         ckpt_dir = Path(extra["checkpoint"].removeprefix("file://"))
         sha = hashlib.sha256((ckpt_dir / "model.pt").read_bytes()).hexdigest()
         assert extra["checkpoint_digest"] == sha
-        assert extra["report"].endswith(f"reports/evaluate_{task}.html")
+        assert extra["report"] == (run["paths"].stage(f"evaluate/{task}") / "report.html").url
         preds = _predictions(run, task)
         assert manifest.row_counts["test"] == preds.num_rows == _test_rows(run, task).num_rows
         assert set(preds.column("model_digest").to_pylist()) == {sha}
@@ -140,6 +142,35 @@ def test_stages_ran_and_manifests_carry_lineage(run: dict[str, Any]) -> None:
         assert _metrics(run, task)["metrics"] == extra["metrics"]
     # A second run changes nothing.
     assert [o.state for o in run["again"]] == ["cached"] * 6
+
+
+def test_every_output_is_inside_its_stage_and_listed_by_its_manifest(
+        run: dict[str, Any], tmp_path: Path) -> None:
+    paths = run["paths"]
+    for task in TASKS:
+        train = paths.stage(f"train/{task}")
+        manifest = read_manifest(train)
+        assert [f.path for f in manifest.files] == ["result.json"]
+        assert manifest.extra["report"] == (train / "result.json").url
+        assert manifest.extra["reports"] == ["result.json"]
+        result = read_train_result(train)
+        assert result["modality"] == task and result["history"]
+        assert result["best_checkpoint"] == manifest.extra["best_checkpoint"]
+        evaluate = read_manifest(paths.stage(f"evaluate/{task}"))
+        splits = ("val", "test") if task == "transactions" else ("test",)
+        assert sorted(f.path for f in evaluate.files) == sorted(
+            ["metrics.json", "report.html", *(f"predictions/{s}.parquet" for s in splits)])
+        assert evaluate.extra["reports"] == ["report.html", "metrics.json"]
+    # Nothing was written beside the stages (the reports folder holds no stage output).
+    reports = run["root"] / "runs" / RUN_ID / "reports"
+    assert not [p for p in reports.rglob("*") if p.name.startswith(("train_", "evaluate_"))]
+    # A result.json changed after publication is refused, naming the file.
+    copy = tmp_path / "train"
+    shutil.copytree(paths.stage("train/text").path, copy)
+    with (copy / "result.json").open("a") as fh:
+        fh.write(" ")
+    with pytest.raises(ValueError, match=r"result\.json does not match its manifest"):
+        read_train_result(Location(f"file://{copy}"))
 
 
 def test_text_figures_match_the_training_loss(run: dict[str, Any]) -> None:
@@ -206,29 +237,40 @@ class _Tags(HTMLParser):
 @pytest.mark.parametrize("task,plots", [("text", 1), ("images", 3), ("transactions", 3)])
 def test_reports_are_self_contained_with_plots(run: dict[str, Any], task: str,
                                                plots: int) -> None:
-    page = (run["root"] / "runs" / RUN_ID / "reports" / f"evaluate_{task}.html").read_text()
+    page = (run["root"] / "runs" / RUN_ID / "evaluate" / task / "report.html").read_text()
     parser = _Tags()
     parser.feed(page)
     assert parser.tags.count("svg") >= plots
     assert "<script" not in page
     # The only URL allowed is the SVG namespace name, which is never fetched.
     assert not re.search(r"https?://", page.replace('xmlns="http://www.w3.org/2000/svg"', ""))
-    assert "training curves" in page
-    assert (run["root"] / "runs" / RUN_ID / "reports" / f"evaluate_{task}.json").exists()
+    assert "training curves" in page and "did not publish" not in page
+    assert _metrics(run, task)["history"]
 
 
-def test_failing_gate_names_the_metric_and_keeps_the_report(run: dict[str, Any]) -> None:
+def test_failing_gate_publishes_nothing_and_leaves_a_marked_report(
+        run: dict[str, Any]) -> None:
+    paths = run["paths"]
+    published = read_manifest(paths.stage("evaluate/text")).digest
+    html, data = failed_report(paths, "text")
+    assert html.url.endswith(f"runs/{RUN_ID}/reports/failed/evaluate_text.html")
     cfg = _cfg(run["root"], "gates.max_text_bits_per_byte=0.001")
     with pytest.raises(StageFailed, match=r"gate max_text_bits_per_byte failed for text: "
-                                          r"bits per byte [0-9.]+ > 0\.001"):
+                                          r"bits per byte [0-9.]+ > 0\.001.*did not publish.*"
+                                          + re.escape(html.url)):
         run_pipeline(cfg, [evaluate_stage("text")])
-    state = read_json(run["paths"].run_json)["stages"]["evaluate/text"]
+    state = paths.run_json.read_json()["stages"]["evaluate/text"]
     assert state["state"] == "failed"
-    report = read_json(str(run["paths"].reports) + "/evaluate_text.json")
+    assert read_manifest(paths.stage("evaluate/text")).digest == published  # untouched
+    report = data.read_json()
     assert report["gates"][0]["passed"] is False
-    assert "FAIL" in (run["root"] / "runs" / RUN_ID / "reports" / "evaluate_text.html"
-                      ).read_text()
-    run_pipeline(_cfg(run["root"]), [evaluate_stage("text")])  # restore the passing state
+    page = html.read_bytes().decode()
+    assert "did not publish" in page and "max_text_bits_per_byte" in page and "FAIL" in page
+    # The next successful evaluation (here: a gate it passes) removes the stale report.
+    outcomes = run_pipeline(_cfg(run["root"], "gates.max_text_bits_per_byte=100"),
+                            [evaluate_stage("text")])
+    assert [o.state for o in outcomes] == ["ran"]
+    assert not html.exists() and not data.exists()
 
 
 def test_tampered_or_foreign_checkpoint_is_refused(run: dict[str, Any], tmp_path: Path
@@ -236,7 +278,7 @@ def test_tampered_or_foreign_checkpoint_is_refused(run: dict[str, Any], tmp_path
     cfg = _cfg(run["root"])
     ref = best_checkpoint(run["paths"].stage("train/transactions"))
     copy = tmp_path / "ckpt"
-    shutil.copytree(ref.checkpoint_url.removeprefix("file://"), copy)
+    shutil.copytree(ref.checkpoint.path, copy)
     with pytest.raises(CheckpointMismatchError, match=r"manifest digest [0-9a-f]{64}.*"
                                                       r"manifest digest 0{64}"):
         load_trained(cfg, "transactions", f"file://{copy}", expected_data_digest="0" * 64)
@@ -258,10 +300,10 @@ def test_predict_table_publishes_sorted_predictions_with_lineage(run: dict[str, 
     assert first.rows == table.num_rows == run["tables"]["transactions"].num_rows
     ids = table.column("txn_id").to_pylist()
     assert ids == sorted(ids)
-    extra = read_manifest(f"file://{tmp_path}/p1").extra
+    extra = read_manifest(Location(f"file://{tmp_path}/p1")).extra
     assert extra["model_digest"] == first.checkpoint_digest == read_manifest(
         run["paths"].stage("evaluate/transactions")).extra["checkpoint_digest"]
-    assert extra["input_url"] == source and len(extra["input_digest"]) == 64
+    assert extra["input_url"] == source.url and len(extra["input_digest"]) == 64
     # Same model, same rows: the test-split scores equal the evaluate stage's.
     test = _predictions(run, "transactions")
     mine = dict(zip(ids, table.column("fraud_score").to_pylist(), strict=True))
@@ -269,7 +311,7 @@ def test_predict_table_publishes_sorted_predictions_with_lineage(run: dict[str, 
                                test.column("fraud_score").to_numpy(), rtol=1e-6)
     # Deterministic: a second run writes identical bytes.
     predict_table(cfg, "transactions", source, f"file://{tmp_path}/p2",
-                  checkpoint_url=first.checkpoint_url)
+                  checkpoint=first.checkpoint_url)
     assert ((tmp_path / "p1/predictions/part-00000.parquet").read_bytes()
             == (tmp_path / "p2/predictions/part-00000.parquet").read_bytes())
 

@@ -165,11 +165,45 @@ def test_cli_commands_parse() -> None:
 
     parser = argparse.ArgumentParser(prog="pipeline")
     add_commands(parser.add_subparsers(dest="command"))
-    args: Any = parser.parse_args(["predict", "--task", "images", "--input", "in.parquet",
-                                   "--output", "out", "--set", "evaluate.actors=2"])
-    assert (args.task, args.input, args.output, args.checkpoint) == ("images", "in.parquet",
-                                                                     "out", None)
-    args = parser.parse_args(["evaluate", "--task", "text", "--task", "images"])
-    assert args.task == ["text", "images"] and callable(args.func)
+    args: Any = parser.parse_args(["predict", "--modality", "images", "--input",
+                                   "in.parquet", "--output", "out", "--set",
+                                   "evaluate.actors=2"])
+    assert (args.modality, args.input, args.output, args.checkpoint) == (
+        "images", "in.parquet", "out", None)
+    # --task is the older spelling of --modality.
+    args = parser.parse_args(["evaluate", "--modality", "text", "--task", "images"])
+    assert args.modality == ["text", "images"] and callable(args.func)
     with pytest.raises(SystemExit):
-        parser.parse_args(["predict", "--task", "audio", "--input", "a", "--output", "b"])
+        parser.parse_args(["predict", "--modality", "audio", "--input", "a", "--output", "b"])
+
+
+def test_cli_offers_the_registered_modalities_with_a_model() -> None:
+    """A modality registered with an evaluation spec is offered without a code change."""
+    from dataclasses import replace
+
+    from pipeline import modalities
+    from pipeline.evaluate.cli import add_commands, evaluated_modalities
+
+    audio = replace(modalities.get("text"), name="audio")
+    with modalities.registered(audio):
+        assert evaluated_modalities()[-1] == "audio"
+        parser = argparse.ArgumentParser(prog="pipeline")
+        add_commands(parser.add_subparsers(dest="command"))
+        args: Any = parser.parse_args(["evaluate", "--modality", "audio"])
+        assert args.modality == ["audio"]
+    assert "audio" not in evaluated_modalities()
+
+
+def test_json_clean_gives_strict_json() -> None:
+    import datetime
+    import decimal
+    import json
+
+    from pipeline.jsonutil import json_clean
+
+    value = {"f": np.float32(0.5), "i": np.int64(3), "nan": float("nan"),
+             "inf": np.float64(np.inf), "d": decimal.Decimal("1.25"), 2: (1, None),
+             "t": datetime.date(2024, 1, 2), "a": np.array([1.0, np.nan]), "b": np.bool_(True)}
+    assert json.loads(json.dumps(json_clean(value), allow_nan=False)) == {
+        "f": 0.5, "i": 3, "nan": None, "inf": None, "d": 1.25, "2": [1, None],
+        "t": "2024-01-02", "a": [1.0, None], "b": True}

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from pipeline import modalities
 from pipeline.config import PipelineConfig, config_from_dict
-from pipeline.ingest.stage import MODALITIES, ReconciliationError, ingest_stage
+from pipeline.ingest.stage import ReconciliationError, ingest_stage
 from pipeline.orchestrator import StageFailed, run_pipeline
-from pipeline.orchestrator.stages import synth_stage
+from pipeline.orchestrator.stages import stage_from_factory, synth_stage
 from pipeline.storage import (
+    Location,
     RunPaths,
     is_published,
     published_files,
@@ -29,6 +31,7 @@ from pipeline.synth import GroundTruth
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+MODALITIES = modalities.names()
 
 
 def _cfg(root: Path, run_id: str = "t", **extra: Any) -> PipelineConfig:
@@ -54,7 +57,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> Path:
 
 
 def test_every_record_accounted_for(first_run: Path) -> None:
-    run = RunPaths(f"file://{first_run}", "t")
+    run = RunPaths(Location(str(first_run)), "t")
     gt = GroundTruth.from_json(first_run / "runs/t/synth/ground_truth.json")
     for modality in MODALITIES:
         manifest = verify_stage(run.stage(f"ingest/{modality}"))
@@ -69,6 +72,17 @@ def test_every_record_accounted_for(first_run: Path) -> None:
                 if k.startswith("quarantined.")} == by_reason
         assert manifest.inputs == {"synth": read_manifest(run.stage("synth")).digest}
         assert published_files(run.stage(f"ingest/{modality}"), prefix="curated/")
+
+
+@pytest.mark.unit
+def test_stages_come_from_the_registry_and_rebuild_from_their_factory() -> None:
+    for modality in MODALITIES:
+        stage = ingest_stage(modality)
+        assert stage.name == f"ingest/{modality}" and stage.kind == "spark"
+        rebuilt = stage_from_factory(stage.factory, stage.args, stage.name)
+        assert (rebuilt.name, rebuilt.inputs) == (stage.name, stage.inputs)
+    with pytest.raises(ValueError, match="unknown modality 'nope'"):
+        ingest_stage("nope")
 
 
 def test_rerun_is_cached_and_a_forced_rerun_is_byte_identical(first_run: Path) -> None:
@@ -109,18 +123,18 @@ def test_killed_mid_write_publishes_nothing(tmp_path: Path, spark: Any,
     calls = {"n": 0}
 
     def dies_on_second_write(*args: Any, **kwargs: Any) -> int:
-        from pipeline.ingest.common import write_parquet
+        from pipeline.spark_io import write_parquet
 
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated kill between the two writes")
         return write_parquet(*args, **kwargs)
 
-    monkeypatch.setattr("pipeline.ingest.common.write_parquet", dies_on_second_write)
+    monkeypatch.setattr("pipeline.spark_io.write_parquet", dies_on_second_write)
     cfg = _cfg(tmp_path, modalities=["text"])
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, [synth_stage(), ingest_stage("text")])
-    run = RunPaths(f"file://{tmp_path}", "t")
+    run = RunPaths(Location(str(tmp_path)), "t")
     assert is_published(run.stage("synth"))
     assert not is_published(run.stage("ingest/text"))
     assert not (tmp_path / "runs/t/ingest/text").exists()
@@ -141,7 +155,7 @@ def test_lost_record_fails_the_stage(tmp_path: Path, spark: Any,
     with pytest.raises(StageFailed) as err:
         run_pipeline(_cfg(tmp_path, modalities=["text"]), [synth_stage(), ingest_stage("text")])
     assert isinstance(err.value.__cause__, ReconciliationError)
-    assert not is_published(RunPaths(f"file://{tmp_path}", "t").stage("ingest/text"))
+    assert not is_published(RunPaths(Location(str(tmp_path)), "t").stage("ingest/text"))
 
 
 @pytest.mark.timeout(600)
@@ -168,8 +182,8 @@ def test_spark_submit_runs_the_job(first_run: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
     for modality in MODALITIES:
-        ours = read_manifest(f"file://{tmp_path}/out/runs/t/ingest/{modality}")
-        reference = read_manifest(f"file://{first_run}/runs/t/ingest/{modality}")
+        ours = read_manifest(Location(f"{tmp_path}/out/runs/t/ingest/{modality}"))
+        reference = read_manifest(Location(f"{first_run}/runs/t/ingest/{modality}"))
         assert ours.row_counts == reference.row_counts
         assert [(f.path, f.sha256) for f in ours.files] == [(f.path, f.sha256)
                                                              for f in reference.files]

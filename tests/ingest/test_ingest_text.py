@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from pipeline.config import TextInputConfig
 from pipeline.ingest.common import CARD_MASK
-from pipeline.ingest.lines import read_files
 from pipeline.ingest.reasons import TEXT_REASONS
 from pipeline.ingest.text import CURATED_COLUMNS, ingest_text, normalize_arrow
+from pipeline.spark_io import read_files
+from pipeline.storage import Location
 from pipeline.textnorm import content_hash, normalize_text
 
 CFG = TextInputConfig(min_chars=1, max_chars=50)
@@ -136,7 +137,7 @@ def _write_fixture(root: Path) -> dict[str, str | None]:
 def fixture_run(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("text_in")
     expected = _write_fixture(root)
-    result = ingest_text(spark, CFG, [str(root)])
+    result = ingest_text(spark, CFG, [Location(str(root))])
     return {"root": root, "expected": expected, "result": result,
             "curated": result.curated.collect(), "quarantine": result.quarantine.collect()}
 
@@ -254,7 +255,7 @@ def test_deterministic_and_relocatable(spark: Any, fixture_run: dict[str, Any],
     # only the location part of `source` differs.
     moved = tmp_path / "elsewhere" / "renamed"
     shutil.copytree(fixture_run["root"], moved)
-    result = ingest_text(spark, CFG, [str(moved)])
+    result = ingest_text(spark, CFG, [Location(str(moved))])
     old, new = _uri(fixture_run["root"]), _uri(moved)
 
     def rel(rows: list[Any], prefix: str) -> list[tuple[Any, ...]]:
@@ -274,7 +275,7 @@ def test_roots_with_the_same_layout_get_distinct_ids(spark: Any, tmp_path: Path)
         (tmp_path / name / "part-000.jsonl").write_text('{"text": "same"}\n')
         (tmp_path / name / "doc.txt").write_text("same")
     (tmp_path / "single.jsonl").write_text('\n{"text": "same"}\n\n')  # a file as a root
-    roots = [str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "single.jsonl")]
+    roots = [Location(str(tmp_path / n)) for n in ("a", "b", "single.jsonl")]
     result = ingest_text(spark, TextInputConfig(), roots)
     rows = result.curated.collect()
     assert result.n_input == len(rows) == 5
@@ -287,17 +288,17 @@ def test_roots_with_the_same_layout_get_distinct_ids(spark: Any, tmp_path: Path)
 def test_read_files_keeps_empty_files(spark: Any, tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "full.txt").write_bytes(b"x")
-    files = [_uri(tmp_path / "empty.txt"), _uri(tmp_path / "full.txt")]
+    files = [Location(_uri(tmp_path / "empty.txt")), Location(_uri(tmp_path / "full.txt"))]
     rows = {r["path"]: r for r in read_files(spark, files).collect()}
-    assert sorted(rows) == [f"file:{tmp_path.resolve()}/empty.txt",
-                            f"file:{tmp_path.resolve()}/full.txt"]
-    assert rows[f"file:{tmp_path.resolve()}/empty.txt"]["length"] == 0
+    assert sorted(rows) == [_uri(tmp_path / "empty.txt"), _uri(tmp_path / "full.txt")]
+    assert rows[_uri(tmp_path / "empty.txt")]["length"] == 0
+    assert bytes(rows[_uri(tmp_path / "empty.txt")]["content"]) == b""
 
 
 @pytest.mark.integration
 def test_no_inputs(spark: Any, tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("not an input")
-    result = ingest_text(spark, TextInputConfig(), [str(tmp_path)])
+    result = ingest_text(spark, TextInputConfig(), [Location(str(tmp_path))])
     assert result.n_input == 0
     assert result.curated.unionByName(result.quarantine, allowMissingColumns=True).count() == 0
 
@@ -306,7 +307,7 @@ def test_no_inputs(spark: Any, tmp_path: Path) -> None:
 def test_synth_ground_truth(spark: Any, tmp_path: Path) -> None:
     synth = pytest.importorskip("pipeline.synth")
     gt = synth.generate(tmp_path, scale=0.1, seed=3, modalities=("text",))
-    result = ingest_text(spark, TextInputConfig(), [str(tmp_path / "text")])
+    result = ingest_text(spark, TextInputConfig(), [Location(str(tmp_path / "text"))])
     quarantine = {(q["source"], q["reason"]) for q in result.quarantine.collect()}
     want = {(_uri(tmp_path / b.file) + (f":{b.line}" if b.line is not None else ""), b.reason)
             for b in gt.bad_for("text")}

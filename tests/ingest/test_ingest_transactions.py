@@ -36,7 +36,7 @@ from pipeline.ingest.transactions import (
     resolve_hmac_key,
     with_hmac_key,
 )
-from pipeline.storage import to_url
+from pipeline.storage import Location, to_url
 
 KEY = b"test-hmac-key"
 CFG = TransactionInputConfig()
@@ -200,7 +200,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 @pytest.fixture(scope="module")
 def result(spark: Any, planted: Dataset) -> Iterator[dict[str, Any]]:
-    res = ingest_transactions(spark, CFG, [str(planted.root)], KEY)
+    res = ingest_transactions(spark, CFG, [Location(str(planted.root))], KEY)
     # Cached as the ingest stage does, so the tests below do not re-read the files each time.
     res.curated.persist()
     res.quarantine.persist()
@@ -345,9 +345,9 @@ def test_content_hash_covers_all_fields(result: dict[str, Any]) -> None:
 def test_wrong_csv_header_is_an_error(spark: Any, tmp_path: Path) -> None:
     (tmp_path / "x.csv").write_text("txn_id,account,card,amount\nt1,a,b,c\n")
     with pytest.raises(CsvHeaderError, match=r"x\.csv: line 1: the CSV header must be"):
-        ingest_transactions(spark, CFG, [str(tmp_path)], KEY)
+        ingest_transactions(spark, CFG, [Location(str(tmp_path))], KEY)
     (tmp_path / "x.csv").write_text("\n \n")  # blank only: no header, no records
-    res = ingest_transactions(spark, CFG, [str(tmp_path)], KEY)
+    res = ingest_transactions(spark, CFG, [Location(str(tmp_path))], KEY)
     assert res.n_input == 0 and res.curated.count() == 0 and res.quarantine.count() == 0
 
 
@@ -388,10 +388,10 @@ def test_luhn_matches_python_reference(spark: Any) -> None:
 
 
 def _write(res: Any, out: Path) -> list[Path]:
-    from pipeline.ingest.common import write_parquet
+    from pipeline.spark_io import write_parquet
 
-    write_parquet(res.curated, to_url(out / "curated"), ["txn_id", "source"], 2)
-    write_parquet(res.quarantine, to_url(out / "quarantine"), ["source", "reason"], 1)
+    write_parquet(res.curated, Location(str(out / "curated")), ["txn_id", "source"], 2)
+    write_parquet(res.quarantine, Location(str(out / "quarantine")), ["source", "reason"], 1)
     return sorted(out.rglob("*.parquet"))
 
 
@@ -421,14 +421,14 @@ def test_no_card_or_account_in_written_parquet(result: dict[str, Any], planted: 
 def test_deterministic_and_location_independent(spark: Any, result: dict[str, Any],
                                                 planted: Dataset, tmp_path: Path) -> None:
     first = _write(result["res"], tmp_path / "one")
-    again = ingest_transactions(spark, CFG, [str(planted.root)], KEY)
+    again = ingest_transactions(spark, CFG, [Location(str(planted.root))], KEY)
     second = _write(again, tmp_path / "two")
     assert [p.relative_to(tmp_path / "one") for p in first] == [
         p.relative_to(tmp_path / "two") for p in second]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second, strict=True))
     moved = tmp_path / "elsewhere" / "copy"
     shutil.copytree(planted.root, moved)
-    res = ingest_transactions(spark, CFG, [to_url(moved)], KEY)
+    res = ingest_transactions(spark, CFG, [Location(to_url(moved))], KEY)
     base, other = to_url(planted.root), to_url(moved)
 
     def rows(df: Any, prefix: str) -> set[tuple[Any, ...]]:
@@ -446,7 +446,8 @@ def test_deterministic_and_location_independent(spark: Any, result: dict[str, An
 def test_synth_ground_truth(spark: Any, tmp_path: Path) -> None:
     synth = pytest.importorskip("pipeline.synth")
     gt = synth.generate(tmp_path / "raw", scale=0.1, seed=0, modalities=("transactions",))
-    res = ingest_transactions(spark, CFG, [str(tmp_path / "raw" / "transactions")], KEY)
+    res = ingest_transactions(spark, CFG, [Location(str(tmp_path / "raw" / "transactions"))],
+                              KEY)
     quarantine = {r["source"]: r["reason"] for r in res.quarantine.collect()}
     root = to_url(tmp_path / "raw")
     expected = {f"{root}/{b.file}:{b.line}": b.reason for b in gt.bad_for("transactions")}

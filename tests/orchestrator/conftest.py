@@ -19,7 +19,7 @@ import pytest
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.ingest.stage import raw_file_records
 from pipeline.orchestrator import Stage, StageContext, StageResult
-from pipeline.storage import filesystem, join, read_manifest, to_url
+from pipeline.storage import Location, read_manifest
 from pipeline.train.stage import train_config_slice
 
 TASKS = ("text", "images")
@@ -43,7 +43,7 @@ class FakeGraph:
                ) -> Stage:
         def run(ctx: StageContext) -> StageResult:
             self._maybe_fail(name)
-            fs, path = filesystem(ctx.staging_url)
+            fs, path = ctx.output.filesystem()
             return body(ctx, path, fs)
 
         return Stage(name=name, run=run, config_of=config_of, inputs=inputs)
@@ -60,7 +60,7 @@ class FakeGraph:
                 with fs.open(f"{path}/curated/part-00000.parquet", "wb") as fh:
                     pq.write_table(table, fh)
                 paths = getattr(ctx.cfg.inputs, task).paths  # as the real ingest records them
-                extra = raw_file_records([to_url(p) for p in paths]) if paths else {}
+                extra = raw_file_records([Location(p) for p in paths]) if paths else {}
                 return StageResult(row_counts={"curated": 10}, extra=extra,
                                    summary="10 curated")
             return body
@@ -75,9 +75,9 @@ class FakeGraph:
 
         def train(task: str) -> Callable[[StageContext, str, Any], StageResult]:
             def body(ctx: StageContext, path: str, fs: Any) -> StageResult:
-                data = read_manifest(ctx.run.stage(f"dedup/{task}")).content_digest
-                ckpt = join(ctx.run.checkpoints, f"train_{task}", "checkpoint_000003")
-                cfs, cpath = filesystem(ckpt)
+                data = read_manifest(ctx.input(f"dedup/{task}")).content_digest
+                ckpt = ctx.run.checkpoints.join(f"train_{task}", "checkpoint_000003")
+                cfs, cpath = ckpt.filesystem()
                 model = f"weights of {task}".encode()
                 cfs.pipe_file(f"{cpath}/model.pt", model)
                 meta = {"task": task, "step": 3, "data_digest": data,
@@ -85,31 +85,39 @@ class FakeGraph:
                                                "sha256": hashlib.sha256(model).hexdigest()}}}
                 cfs.pipe_file(f"{cpath}/checkpoint.json", json.dumps(meta).encode())
                 fs.pipe_file(f"{path}/result.json", b"{}")
+                report = ctx.run.stage(f"train/{task}") / "result.json"
                 return StageResult(row_counts={"epochs": 1},
-                                   extra={"best_checkpoint": ckpt, "data_digest": data,
+                                   extra={"best_checkpoint": ckpt.url, "data_digest": data,
                                           "final_metrics": {"val_loss": 0.5},
-                                          "best_val_loss": 0.5},
+                                          "best_val_loss": 0.5, "report": report.url},
                                    summary="1 epoch")
             return body
 
         def evaluate(task: str) -> Callable[[StageContext, str, Any], StageResult]:
             def body(ctx: StageContext, path: str, fs: Any) -> StageResult:
                 extra = ctx.inputs[f"train/{task}"].extra
-                mfs, mpath = filesystem(join(extra["best_checkpoint"], "checkpoint.json"))
-                meta = json.loads(mfs.cat_file(mpath))
+                ckpt = ctx.output.at(extra["best_checkpoint"])
+                meta = (ckpt / "checkpoint.json").read_json()
                 fs.pipe_file(f"{path}/report.html", b"<html></html>")
+                fs.pipe_file(f"{path}/metrics.json", b"{}")
+                report = ctx.run.stage(f"evaluate/{task}") / "report.html"
                 return StageResult(row_counts={"examples": 4},
                                    extra={"metrics": {"accuracy": 0.75},
                                           "checkpoint": extra["best_checkpoint"],
                                           "checkpoint_digest": meta["files"]["model.pt"]["sha256"],
-                                          "data_digest": extra["data_digest"]},
+                                          "data_digest": extra["data_digest"],
+                                          "report": report.url,
+                                          "reports": ["report.html", "metrics.json"]},
                                    summary="accuracy 0.75")
             return body
 
         def summary(ctx: StageContext, path: str, fs: Any) -> StageResult:
             fs.pipe_file(f"{path}/summary.html", b"<html></html>")
             fs.pipe_file(f"{path}/summary.json", b"{}")
-            return StageResult(summary=f"{len(ctx.inputs)} tasks")
+            report = ctx.run.stage("reports/summary") / "summary.html"
+            return StageResult(extra={"report": report.url,
+                                      "reports": ["summary.html", "summary.json"]},
+                               summary=f"{len(ctx.inputs)} tasks")
 
         out = [self._stage("synth", synth, lambda cfg: cfg.synth.seed)]
         out += [self._stage(f"ingest/{t}", ingest(t), lambda cfg: "v1", ("synth",))

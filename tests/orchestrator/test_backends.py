@@ -1,5 +1,7 @@
 """Stage backends: spark-submit jobs equal local runs; jobs never carry secrets; the Ray
-backend refuses an unauthenticated non-local cluster."""
+backend refuses an unauthenticated non-local cluster; a job rebuilds its stage from the
+stage's factory reference, and a stage without one never runs as a job (nor silently in
+this process instead)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import json
 import logging
 import subprocess
 import sys
+import types
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,14 @@ import pytest
 from pipeline.config import ConfigError, PipelineConfig, config_from_dict
 from pipeline.dedup.stage import dedup_stage
 from pipeline.ingest.stage import ingest_stage
-from pipeline.orchestrator import Stage, StageContext, StageResult, backend_spark, run_pipeline
+from pipeline.orchestrator import (
+    NoFactoryError,
+    Stage,
+    StageContext,
+    StageResult,
+    backend_spark,
+    run_pipeline,
+)
 from pipeline.orchestrator.backend_ray import (
     InsecureJobAddressError,
     is_local_address,
@@ -25,10 +36,19 @@ from pipeline.orchestrator.backend_ray import (
     submission_token,
 )
 from pipeline.orchestrator.backends import backend_of
-from pipeline.orchestrator.job import JobSpecError, make_spec, run_job, shippable_config
+from pipeline.orchestrator.job import (
+    JobSpecError,
+    job_argv,
+    main,
+    make_spec,
+    read_spec,
+    run_job,
+    shippable_config,
+    write_spec,
+)
 from pipeline.orchestrator.package import build_bundle, package_files
 from pipeline.orchestrator.stages import synth_stage
-from pipeline.storage import RunPaths, code_version, filesystem, read_json, read_manifest
+from pipeline.storage import Location, RunPaths, code_version, is_published, read_manifest
 
 FAKE_KEY = "fake-hmac-key-4f9d2c71e0b8"
 FAKE_TOKEN = "fake-ray-token-8a61c3d5b2f9"
@@ -57,7 +77,7 @@ def _no_spark() -> Any:
 
 
 def _ctx(cfg: PipelineConfig, root: Path) -> StageContext:
-    run = RunPaths(f"file://{root}", "t")
+    run = RunPaths(cfg.storage.location, "t")
     return StageContext(cfg, run, run.stage("_staging/x-0123456789ab"), {}, _no_spark)
 
 
@@ -162,37 +182,119 @@ def test_dispatch_by_kind_and_config(tmp_path: Path) -> None:
     assert backend_of(synth_stage(), jobs) == "local"
     custom = Stage(name="custom", run=lambda ctx: StageResult(), config_of=lambda c: 0,
                    kind="spark")
-    assert backend_of(custom, jobs) == "local"  # a job could not look it up by name
+    assert backend_of(custom, local) == "local"  # no job: no factory needed
+    with pytest.raises(NoFactoryError, match=r"stage custom \(spark\) must run as a "
+                                             r"spark-submit job .*needs a factory reference"):
+        backend_of(custom, jobs)
 
 
 @pytest.mark.unit
-def test_job_side_runs_the_stage_and_checks_its_inputs(tmp_path: Path) -> None:
-    def run(ctx: StageContext) -> StageResult:
-        fs, path = filesystem(ctx.staging_url)
-        with fs.open(f"{path}/out.txt", "wb") as fh:
-            fh.write(b"x")
-        return StageResult(row_counts={"rows": 1}, extra={"loss": float("nan"), "t": (1, 2)},
-                           summary="1 row")
+def test_stage_without_factory_under_spark_submit_fails_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No silent local run: the run refuses to start, naming the stage and the fix."""
+    ran: list[str] = []
 
-    stage = Stage(name="one", run=run, config_of=lambda c: 0)
-    cfg = _cfg(tmp_path)
+    def first(ctx: StageContext) -> StageResult:
+        ran.append("first")
+        return StageResult()
+
+    stages = [Stage(name="first", run=first, config_of=lambda c: 0),
+              Stage(name="custom", run=lambda ctx: pytest.fail("ran locally"),
+                    config_of=lambda c: 0, inputs=("first",), kind="spark")]
+    cfg = _cfg(tmp_path, spark={"backend": "spark-submit", "submit_master": "local[1]"})
+    with pytest.raises(NoFactoryError, match=r"stage custom .*needs a factory reference to "
+                                             "run as a job"):
+        run_pipeline(cfg, stages)
+    assert ran == [] and not is_published(RunPaths(cfg.storage.location, "t").stage("first"))
+    # Under the local backend the same stages run in this process.
+    ok = replace(stages[1], run=lambda ctx: StageResult(summary="local"))
+    assert [o.state for o in run_pipeline(_cfg(tmp_path), [stages[0], ok])] == ["ran", "ran"]
+    # `pipeline run` says it cannot run (exit 2), as for a selection it cannot honour.
+    import pipeline.graph
+    from pipeline.cli import main as cli_main
+
+    monkeypatch.setattr(pipeline.graph, "default_stages", lambda: stages)
+    ran.clear()
+    assert cli_main(["run", "--set", f"storage.root=file://{tmp_path}/cli", "--set",
+                     "spark.backend=spark-submit"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cannot run: stage custom (spark) must run as a spark-submit job" in err
+    assert ran == []
+
+
+def _one(ctx: StageContext) -> StageResult:
+    (ctx.output / "out.txt").write_bytes(ctx.cfg.run_id.encode())
+    return StageResult(row_counts={"rows": 1}, extra={"loss": float("nan"), "t": (1, 2)},
+                       summary="1 row")
+
+
+def _one_stage(name: str = "one") -> Stage:
+    return Stage(name=name, run=_one, config_of=lambda c: 0, kind="spark",
+                 factory="fake_stage_factories:one_stage", args=(name,))
+
+
+@pytest.fixture
+def fake_factories(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module a job can import the stage factory from (tests are not importable)."""
+    module = types.ModuleType("fake_stage_factories")
+    module.one_stage = _one_stage  # type: ignore[attr-defined]
+    module.renamed = lambda name: _one_stage("other")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_stage_factories", module)
+
+
+@pytest.mark.unit
+def test_job_side_rebuilds_the_stage_from_its_factory_and_checks_its_inputs(
+        tmp_path: Path, fake_factories: None) -> None:
+    stage = _one_stage()
+    cfg = _cfg(tmp_path, storage={"root": f"file://{tmp_path}",
+                                  "options": {"auto_mkdir": True}})
     spec = make_spec(stage, _ctx(cfg, tmp_path))
+    assert (spec.stage, spec.factory, spec.args) == ("one", "fake_stage_factories:one_stage",
+                                                     ("one",))
     assert spec.attempt == "0123456789ab"
     assert spec.result_url.endswith("/runs/t/_jobs/one/0123456789ab.json")
-    result = run_job(spec, [stage])
+    # The root's URL and options travel; the job rebuilds the run layout from them.
+    assert spec.run == RunPaths(cfg.storage.location, "t")
+    url = write_spec(spec)
+    assert read_spec(Location(url)) == spec
+    argv = job_argv(spec, url)
+    assert argv[:3] == ["--spec", url, "--storage-options"]
+    assert json.loads(argv[3]) == dict(cfg.storage.options) == dict(spec.options)
+    assert job_argv(replace(spec, options={}), url) == ["--spec", url]
+    result = run_job(spec)
     assert result.row_counts == {"rows": 1} and result.extra["t"] == [1, 2]
-    assert read_json(spec.result_url)["summary"] == "1 row"
-    wrong = make_spec(Stage(name="gone", run=run, config_of=lambda c: 0), _ctx(cfg, tmp_path))
-    with pytest.raises(JobSpecError, match="'gone' is not in the stage graph"):
-        run_job(wrong, [stage])
-    stale = type(spec)(**{**spec.__dict__, "code_version": "0.0.0+000000000000"})
+    assert spec.result.read_json()["summary"] == "1 row"
+    assert (spec.staging / "out.txt").read_bytes() == b"t"
+    stale = replace(spec, code_version="0.0.0+000000000000")
     with pytest.raises(JobSpecError, match="differs from the orchestrator"):
-        run_job(stale, [stage])
+        run_job(stale)
+
+
+@pytest.mark.unit
+def test_job_spec_with_unknown_factory_is_refused(tmp_path: Path, fake_factories: None,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec = make_spec(_one_stage(), _ctx(_cfg(tmp_path), tmp_path))
+    for factory, args, why in [
+            ("pipeline.nowhere:one_stage", ("one",), "cannot be called here"),
+            ("fake_stage_factories:missing", ("one",), "cannot be called here"),
+            ("fake_stage_factories:renamed", ("one",), "built 'other', not the stage 'one'"),
+            ("", (), "names no factory")]:
+        with pytest.raises(JobSpecError, match=why):
+            run_job(replace(spec, factory=factory, args=args))
+    assert not spec.result.exists()  # refused before running anything
+    # The job's entry point exits 2 with the reason, as for any bad spec.
+    url = write_spec(replace(spec, factory="pipeline.nowhere:one_stage"))
+    assert main(["--spec", url]) == 2
+    assert "job spec error: stage 'one': factory pipeline.nowhere:one_stage" in \
+        capsys.readouterr().err
+    with pytest.raises(JobSpecError, match="has no factory reference"):
+        make_spec(replace(_one_stage(), factory=""), _ctx(_cfg(tmp_path), tmp_path))
 
 
 def _run_and_collect(cfg: PipelineConfig) -> dict[str, Any]:
     run_pipeline(cfg, _stages())  # synth is disabled: inputs are configured
-    run = RunPaths(cfg.storage.root, "t")
+    run = RunPaths(cfg.storage.location, "t")
     return {name: read_manifest(run.stage(name)) for name in STAGES}
 
 

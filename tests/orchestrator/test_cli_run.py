@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.orchestrator.lock import LOCK_NAME, RunLock
+from pipeline.storage import Location
 
 pytestmark = pytest.mark.unit
 
@@ -17,9 +18,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def cli(tmp_path: Path, graph: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make `pipeline run` use the fake graph; returns the common arguments."""
-    import pipeline.orchestrator.stages as stages_module
+    import pipeline.graph
 
-    monkeypatch.setattr(stages_module, "default_stages", graph.stages)
+    monkeypatch.setattr(pipeline.graph, "default_stages", graph.stages)
     return ["--set", f"storage.root=file://{tmp_path}", "--set", "orchestrator.max_attempts=1"]
 
 
@@ -62,7 +63,7 @@ def test_ctrl_c_exits_130(cli: list[str], graph: Any, capsys: pytest.CaptureFixt
 def test_locked_run_exits_1(tmp_path: Path, cli: list[str],
                             capsys: pytest.CaptureFixture[str]) -> None:
     # Held by this very process (live pid): a second run of the same id must refuse.
-    with RunLock(f"file://{tmp_path}/runs/r4", stale_s=60.0):
+    with RunLock(Location(f"file://{tmp_path}/runs/r4"), stale_s=60.0):
         assert main(["run", *cli, "--run-id", "r4"]) == 1
     err = _text(capsys.readouterr().err)
     assert "locked: run r4 is locked by pid" in err and LOCK_NAME in err

@@ -14,14 +14,16 @@ from typing import Any
 import pytest
 
 from pipeline.orchestrator import RunLockedError, run_pipeline
-from pipeline.orchestrator.lock import LOCK_NAME, RunLock, read_lock
+from pipeline.orchestrator.lock import LOCK_NAME, RunLock, lock_of, read_lock
+from pipeline.storage import Location
 
 pytestmark = pytest.mark.unit
 
 HOLDER = """
 import sys
 from pipeline.orchestrator.lock import RunLock
-lock = RunLock(sys.argv[1], stale_s=60.0, heartbeat_s=0.1)
+from pipeline.storage import Location
+lock = RunLock(Location(sys.argv[1]), stale_s=60.0, heartbeat_s=0.1)
 lock.acquire()
 print("locked", flush=True)
 sys.stdin.readline()
@@ -30,8 +32,8 @@ print("released", flush=True)
 """
 
 
-def _holder(run_url: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, run_url], stdin=subprocess.PIPE,
+def _holder(run: Location) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, run.url], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
@@ -40,18 +42,18 @@ def _holder(run_url: str) -> subprocess.Popen[str]:
 def test_two_processes_cannot_hold_one_run(tmp_path: Path, graph: Any,
                                            make_cfg: Callable[..., Any],
                                            caplog: pytest.LogCaptureFixture) -> None:
-    run_url = f"file://{tmp_path}/runs/t"
-    proc = _holder(run_url)
+    run = Location(f"file://{tmp_path}/runs/t")
+    proc = _holder(run)
     try:
         with pytest.raises(RunLockedError, match=rf"run t is locked by pid {proc.pid} on "):
-            RunLock(run_url, stale_s=60.0).acquire()
+            RunLock(run, stale_s=60.0).acquire()
         with pytest.raises(RunLockedError):
             run_pipeline(make_cfg(), graph.stages())
         assert graph.calls == []
         # The holder's heartbeat moves while it holds the lock.
-        first = read_lock(f"{run_url}/{LOCK_NAME}")
+        first = read_lock(lock_of(run))
         time.sleep(0.4)
-        later = read_lock(f"{run_url}/{LOCK_NAME}")
+        later = read_lock(lock_of(run))
         assert first is not None and later is not None and later.heartbeat > first.heartbeat
         assert proc.stdin is not None
         proc.stdin.write("\n")
@@ -62,7 +64,7 @@ def test_two_processes_cannot_hold_one_run(tmp_path: Path, graph: Any,
         proc.wait()
     assert not (tmp_path / "runs/t" / LOCK_NAME).exists()
     # A holder killed with -9 leaves its lock behind; its pid is gone, so it is taken over.
-    proc = _holder(run_url)
+    proc = _holder(run)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "runs/t" / LOCK_NAME).exists()
@@ -81,16 +83,16 @@ def _plant(path: Path, host: str, age_s: float) -> None:
 
 def test_stale_lock_is_taken_over_live_one_is_not(tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
-    run_url = f"file://{tmp_path}/runs/r"
+    run = Location(f"file://{tmp_path}/runs/r")
     lock_file = tmp_path / "runs/r" / LOCK_NAME
     _plant(lock_file, "other-host", age_s=5.0)
     with pytest.raises(RunLockedError, match="locked by pid 1 on other-host"):
-        RunLock(run_url, stale_s=60.0).acquire()
+        RunLock(run, stale_s=60.0).acquire()
     _plant(lock_file, "other-host", age_s=300.0)
     with caplog.at_level("WARNING", logger="pipeline.orchestrator.lock"), \
-            RunLock(run_url, stale_s=60.0) as lock:
+            RunLock(run, stale_s=60.0) as lock:
         assert lock.info is not None
-        held = read_lock(f"{run_url}/{LOCK_NAME}")
+        held = read_lock(lock_of(run))
         assert held is not None and held.token == lock.info.token
         assert held.host == socket.gethostname() and held.pid == os.getpid()
     assert "its heartbeat is 300 s old (lock_stale_s 60)" in caplog.text
@@ -99,9 +101,9 @@ def test_stale_lock_is_taken_over_live_one_is_not(tmp_path: Path,
 
 
 def test_object_store_lock_reads_back(tmp_path: Path) -> None:
-    run_url = f"memory://{tmp_path.name}/runs/m"
-    with RunLock(run_url, stale_s=60.0):
+    run = Location(f"memory://{tmp_path.name}/runs/m")
+    with RunLock(run, stale_s=60.0):
         with pytest.raises(RunLockedError, match="run m is locked"):
-            RunLock(run_url, stale_s=60.0).acquire()
-        assert read_lock(f"{run_url}/{LOCK_NAME}") is not None
-    assert read_lock(f"{run_url}/{LOCK_NAME}") is None
+            RunLock(run, stale_s=60.0).acquire()
+        assert read_lock(lock_of(run)) is not None
+    assert read_lock(lock_of(run)) is None

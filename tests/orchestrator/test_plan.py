@@ -7,7 +7,6 @@ import pytest
 
 from pipeline.orchestrator import RunInterrupted, SelectionError, StageFailed, plan, run_pipeline
 from pipeline.orchestrator.plan import run_paths
-from pipeline.storage import read_json
 
 pytestmark = pytest.mark.unit
 
@@ -73,7 +72,7 @@ def test_interrupted_stage_resumes_there(graph: Any, make_cfg: Callable[..., Any
     graph.failures["train/images"] = [KeyboardInterrupt()]
     with pytest.raises(RunInterrupted, match="stage train/images of run t interrupted"):
         run_pipeline(make_cfg(), graph.stages())
-    state = read_json(run_paths(make_cfg()).run_json)
+    state = run_paths(make_cfg()).run_json.read_json()
     assert state["stages"]["train/images"]["state"] == "interrupted"
     entries = _decisions(plan(make_cfg(), graph.stages()))
     assert entries["train/images"] == ("run", "running stage interrupted (will resume)")
@@ -89,7 +88,7 @@ def test_failed_stage_reason_and_state(graph: Any, make_cfg: Callable[..., Any])
     with pytest.raises(StageFailed, match=r"stage dedup/images of run t failed: ValueError: "
                                           r"gate failed: 40% duplicates"):
         run_pipeline(make_cfg(), graph.stages())
-    rec = read_json(run_paths(make_cfg()).run_json)["stages"]["dedup/images"]
+    rec = run_paths(make_cfg()).run_json.read_json()["stages"]["dedup/images"]
     assert rec["state"] == "failed" and rec["attempts"] == 1
     assert rec["error"] == "ValueError: gate failed: 40% duplicates"
     entries = _decisions(plan(make_cfg(), graph.stages()))

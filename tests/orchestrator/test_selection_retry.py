@@ -16,7 +16,6 @@ from pipeline.orchestrator import (
 )
 from pipeline.orchestrator.plan import run_paths
 from pipeline.orchestrator.retry import is_retryable
-from pipeline.storage import read_json
 
 pytestmark = pytest.mark.unit
 
@@ -103,7 +102,7 @@ def test_runner_retries_transient_failures(graph: Any, make_cfg: Callable[..., A
     assert slept == [0.5, 1.0]
     assert outcomes["dedup/text"].state == "ran" and outcomes["dedup/text"].attempts == 3
     assert graph.calls.count("dedup/text") == 3
-    rec = read_json(run_paths(make_cfg()).run_json)["stages"]["dedup/text"]
+    rec = run_paths(make_cfg()).run_json.read_json()["stages"]["dedup/text"]
     assert rec["state"] == "done" and rec["attempts"] == 3
     assert rec["errors"] == ["ConnectionError: executor lost", "TimeoutError: slow"]
 

@@ -125,9 +125,9 @@ class S3Bucket:
 @pytest.fixture
 def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> S3Bucket:
     """A fresh bucket per test, named after the test."""
-    from pipeline.storage import filesystem
+    from pipeline.storage import Location
 
-    fs, _ = filesystem("s3://probe", {"endpoint_url": s3_endpoint})
+    fs, _ = Location("s3://probe", {"endpoint_url": s3_endpoint}).filesystem()
     digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10]
     name = f"pipeline-{digest}"
     fs.mkdir(name)

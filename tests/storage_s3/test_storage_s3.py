@@ -16,19 +16,16 @@ import torch
 from pipeline.storage import (
     MANIFEST_NAME,
     STAGING_DIR,
+    Location,
     ManifestMismatchError,
     MissingManifestError,
     StageWriter,
-    filesystem,
     is_published,
     published_files,
-    read_json,
     read_manifest,
     verify_stage,
-    write_json_atomic,
 )
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.data import arrow_filesystem
 
 pytestmark = pytest.mark.integration
 
@@ -39,22 +36,26 @@ def _parquet_bytes(n: int) -> bytes:
     return buf.getvalue()
 
 
-def _stage(bucket: Any, files: dict[str, bytes], stage_url: str) -> Any:
-    writer = StageWriter(stage_url, "ingest/text", bucket.options)
-    fs, staging = filesystem(writer.staging_url, bucket.options)
+def _loc(bucket: Any, *parts: str) -> Location:
+    """A place in the bucket, with the options (the endpoint) that reach it."""
+    return Location(bucket.url(*parts), bucket.options)
+
+
+def _stage(bucket: Any, files: dict[str, bytes], stage: Location) -> Any:
+    writer = StageWriter(stage, "ingest/text")
+    fs, staging = writer.staging.filesystem()
     for rel, body in files.items():
         fs.pipe_file(f"{staging}/{rel}", body)
     return writer.publish(row_counts={"curated": 5}, inputs={"synth": "abc"}, cache_key="k1")
 
 
 def test_stage_publish_verify_and_tamper_detection(s3_bucket: Any) -> None:
-    url = s3_bucket.url("runs", "r1", "ingest", "text")
-    opts = s3_bucket.options
+    url = _loc(s3_bucket, "runs", "r1", "ingest", "text")
     with pytest.raises(MissingManifestError, match="did not finish publishing"):
-        read_manifest(url, opts)
+        read_manifest(url)
 
     # A crashed attempt leaves a staging folder; the next writer removes it.
-    crashed = StageWriter(url, "ingest/text", opts)
+    crashed = StageWriter(url, "ingest/text")
     s3_bucket.fs.pipe_file(f"{crashed.staging_path}/curated/part-00000.parquet", b"partial")
     manifest = _stage(s3_bucket, {"curated/part-00000.parquet": _parquet_bytes(5),
                                   "quarantine/part-00000.parquet": _parquet_bytes(0),
@@ -65,55 +66,53 @@ def test_stage_publish_verify_and_tamper_detection(s3_bucket: Any) -> None:
     keys = s3_bucket.keys()
     assert not any(f"/{STAGING_DIR}/" in k for k in keys), keys  # staging moved, stale gone
     assert f"{s3_bucket.name}/runs/r1/ingest/text/{MANIFEST_NAME}" in keys
-    assert read_manifest(url, opts) == manifest and is_published(url, opts)
-    assert verify_stage(url, opts).digest == manifest.digest
-    assert published_files(url, prefix="curated/", options=opts) == [
-        f"{url}/curated/part-00000.parquet"]
+    assert read_manifest(url) == manifest and is_published(url)
+    assert verify_stage(url).digest == manifest.digest
+    assert published_files(url, prefix="curated/") == [url / "curated/part-00000.parquet"]
 
     # Republishing replaces the old output as a whole: the old file is gone.
     second = _stage(s3_bucket, {"curated/part-00001.parquet": _parquet_bytes(3)}, url)
     assert [f.path for f in second.files] == ["curated/part-00001.parquet"]
     assert not s3_bucket.fs.exists(f"{s3_bucket.name}/runs/r1/ingest/text/curated/"
                                    f"part-00000.parquet")
-    verify_stage(url, opts)
+    verify_stage(url)
 
     # Tampering: same size, other bytes; another size; a missing file; an edited manifest.
-    fs, root = filesystem(url, opts)
+    fs, root = url.filesystem()
     target = f"{root}/curated/part-00001.parquet"
     good = fs.cat_file(target)
     fs.pipe_file(target, bytes([good[0] ^ 0xFF]) + good[1:])
     with pytest.raises(ManifestMismatchError, match=r"part-00001\.parquet sha256"):
-        verify_stage(url, opts)
+        verify_stage(url)
     fs.pipe_file(target, good + b"x")
     with pytest.raises(ManifestMismatchError, match=f"has {len(good) + 1} bytes"):
-        verify_stage(url, opts)
+        verify_stage(url)
     fs.rm(target)
     with pytest.raises(ManifestMismatchError, match="listed but missing"):
-        verify_stage(url, opts)
+        verify_stage(url)
     fs.pipe_file(target, good)
-    verify_stage(url, opts)
+    verify_stage(url)
     body = json.loads(fs.cat_file(f"{root}/{MANIFEST_NAME}"))
     body["row_counts"]["curated"] = 999
     fs.pipe_file(f"{root}/{MANIFEST_NAME}", json.dumps(body).encode())
     with pytest.raises(ManifestMismatchError, match="was edited"):
-        read_manifest(url, opts)
-    assert not is_published(url, opts)
+        read_manifest(url)
+    assert not is_published(url)
     assert s3_bucket.objects_with_secrets() == []
 
 
 def test_report_written_atomically(s3_bucket: Any) -> None:
-    url = s3_bucket.url("runs", "r1", "reports", "quality.json")
+    url = _loc(s3_bucket, "runs", "r1", "reports", "quality.json")
     report = {"stage": "quality", "rows": 12, "rates": {"quarantine": 0.25}}
-    write_json_atomic(url, report, s3_bucket.options)
-    write_json_atomic(url, {**report, "rows": 13}, s3_bucket.options)  # overwrite in place
-    assert read_json(url, s3_bucket.options) == {**report, "rows": 13}
+    url.write_json(report)
+    url.write_json({**report, "rows": 13})  # overwrite in place
+    assert url.read_json() == {**report, "rows": 13}
     assert s3_bucket.keys() == [f"{s3_bucket.name}/runs/r1/reports/quality.json"]  # no .tmp
     assert s3_bucket.objects_with_secrets() == []
     # s3a:// (the root Spark needs) names the same objects on the Python side.
-    assert read_json(url.replace("s3://", "s3a://", 1), s3_bucket.options)["rows"] == 13
+    assert url.at(url.url.replace("s3://", "s3a://", 1)).read_json()["rows"] == 13
     # The scan itself finds a leaked value (so an empty result above means something).
-    leak = s3_bucket.url("runs", "r1", "reports", "leak.json")
-    write_json_atomic(leak, {"env": dict(os.environ)}, s3_bucket.options)
+    _loc(s3_bucket, "runs", "r1", "reports", "leak.json").write_json({"env": dict(os.environ)})
     assert s3_bucket.objects_with_secrets() == [f"{s3_bucket.name}/runs/r1/reports/leak.json"]
 
 
@@ -131,8 +130,8 @@ def _meta(step: int) -> ckpt.CheckpointMeta:
 
 
 def test_checkpoints_written_listed_and_loaded_on_s3(s3_bucket: Any, tmp_path: Path) -> None:
-    root_url = s3_bucket.url("runs", "r1", "checkpoints", "train_transactions")
-    arrow_fs, arrow_root = arrow_filesystem(root_url, s3_bucket.options)
+    root_loc = _loc(s3_bucket, "runs", "r1", "checkpoints", "train_transactions")
+    arrow_fs, arrow_root = root_loc.arrow_filesystem()
     weights = {step: {"w": torch.full((3, 2), float(step)), "b": torch.arange(2.0)}
                for step in (1, 2)}
     for step, state in weights.items():
@@ -145,7 +144,7 @@ def test_checkpoints_written_listed_and_loaded_on_s3(s3_bucket: Any, tmp_path: P
     with arrow_fs.open_output_stream(f"{arrow_root}/checkpoint_00000003/model.pt") as out:
         out.write(b"half a model")
 
-    fs, root = filesystem(root_url, s3_bucket.options)
+    fs, root = root_loc.filesystem()
     fs.invalidate_cache()
     listed = ckpt.list_checkpoints(fs, root)
     assert [m.step for _, m in listed] == [1, 2]

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from pipeline.config import PipelineConfig, config_from_dict
-from pipeline.storage import RunPaths, filesystem
+from pipeline.storage import Location, RunPaths
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.data import publish_split_table
 from pipeline.train.loop import FAULT_ENV, FaultSpec
@@ -41,8 +41,8 @@ def _cfg(root: Path) -> PipelineConfig:
     return config_from_dict({**SETTINGS, "storage": {"root": f"file://{root}"}})
 
 
-def _setup(root: Path, run_id: str) -> tuple[PipelineConfig, RunPaths, str]:
-    run = RunPaths(f"file://{root}", run_id)
+def _setup(root: Path, run_id: str) -> tuple[PipelineConfig, RunPaths, Location]:
+    run = RunPaths(Location(f"file://{root}"), run_id)
     stage = run.stage(f"dedup/{TASK}")
     publish_split_table(stage, synthetic_transactions(1600, seed=4, fraud_rate=0.2))
     return _cfg(root), run, stage
@@ -50,7 +50,7 @@ def _setup(root: Path, run_id: str) -> tuple[PipelineConfig, RunPaths, str]:
 
 def _weights(url: str | None) -> dict[str, torch.Tensor]:
     assert url is not None
-    fs, path = filesystem(url)
+    fs, path = Location(url).filesystem()
     return ckpt.load_model_state(fs, path)
 
 
@@ -114,7 +114,7 @@ def test_driver_killed_and_job_restarted_gives_the_same_weights(
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    fs, root = filesystem(checkpoint_root(run, TASK))
+    fs, root = checkpoint_root(run, TASK).filesystem()
     latest = ckpt.latest_checkpoint(fs, root)
     assert latest is not None and latest[1].step == 12 and latest[1].batch_in_epoch == 4
     # An unfinished checkpoint folder (no checkpoint.json) is not taken for a checkpoint.
@@ -131,7 +131,7 @@ def test_driver_killed_and_job_restarted_gives_the_same_weights(
 @pytest.mark.integration
 def test_checkpoint_of_other_data_refuses_to_resume(ray_local: Any, tmp_path: Path) -> None:
     cfg, run, stage = _setup(tmp_path, "other-data")
-    _, root = filesystem(checkpoint_root(run, TASK))
+    root = checkpoint_root(run, TASK).path
     foreign = ckpt.CheckpointMeta(task=TASK, step=4, epoch=0, batch_in_epoch=8,
                                   world_size=2, config_digest="c" * 64, data_digest="0" * 64)
     ckpt.write_checkpoint(Path(root) / "checkpoint_00000004", {}, {}, foreign)
@@ -149,12 +149,12 @@ def test_finished_run_is_not_retrained_and_unfinished_folders_are_ignored(
         reference: TrainResult, tmp_path: Path) -> None:
     # The same run again: its data stage and checkpoints, under another root. (Copied, not
     # republished: a manifest records the code version, which other edits may change.)
-    ref_run = Path(filesystem(reference.latest_checkpoint or "")[1]).parents[2]
+    ref_run = Path(Location(reference.latest_checkpoint or "").path).parents[2]
     shutil.copytree(ref_run, tmp_path / "runs" / "again")
     cfg = _cfg(tmp_path)
-    run = RunPaths(f"file://{tmp_path}", "again")
+    run = RunPaths(Location(f"file://{tmp_path}"), "again")
     stage = run.stage(f"dedup/{TASK}")
-    _, root = filesystem(checkpoint_root(run, TASK))
+    root = checkpoint_root(run, TASK).path
     (Path(root) / "checkpoint_00000099").mkdir()  # a newer folder, never completed
     started = time.perf_counter()
     result = train_task(cfg, TASK, stage, run)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pipeline.config import PipelineConfig, TransactionTaskConfig, config_from_dict
-from pipeline.storage import RunPaths
+from pipeline.jsonutil import json_clean
+from pipeline.storage import Location, RunPaths
 from pipeline.train.data import numpy_friendly, publish_split_table
 from pipeline.train.tasks import get_task
 from pipeline.train.tasks.transactions import (
@@ -131,7 +132,7 @@ def stage_table() -> Any:
 def _train(tmp: Path, table: Any, workers: int, batch: int) -> Any:
     from pipeline.train import train_task
 
-    run = RunPaths(f"file://{tmp}", f"fraud-{workers}w")
+    run = RunPaths(Location(f"file://{tmp}"), f"fraud-{workers}w")
     stage = run.stage("dedup/transactions")
     publish_split_table(stage, table)
     return train_task(_cfg(tmp, workers, batch), "transactions", stage, run)
@@ -148,7 +149,8 @@ def test_fraud_learns_on_one_and_two_workers(ray_local: Any, tmp_path: Path,
     assert last["val_roc_auc"] > 0.7, one.history
     assert 0.0 < last["val_pr_auc"] <= 1.0
     assert one.task_state["fraud_rate"] == pytest.approx(0.1, abs=0.03)
-    report = json.loads(Path(one.report_url[len("file://"):]).read_text())
+    # What the train stage publishes as result.json: strict JSON, the history intact.
+    report = json.loads(json.dumps(json_clean(one.to_json()), allow_nan=False))
     assert [h["val_loss"] for h in report["history"]] == [h["val_loss"] for h in one.history]
     assert one.best_checkpoint is not None and one.best_val_loss == min(
         h["val_loss"] for h in one.history)

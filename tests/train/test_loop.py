@@ -211,9 +211,10 @@ def test_one_step_on_two_workers_equals_one_step_on_the_whole_batch(tmp_path: Pa
 @pytest.mark.integration
 def test_ray_data_shards_are_deterministic_disjoint_and_complete(
         ray_local: Any, tmp_path: Path) -> None:
+    from pipeline.storage import Location
     from pipeline.train.tasks.transactions import synthetic_transactions
 
-    stage = f"file://{tmp_path}/dedup"
+    stage = Location(f"file://{tmp_path}/dedup")
     table = synthetic_transactions(600, seed=2)
     data.publish_split_table(stage, table, n_files=3)
     columns = ("txn_id", "amount", "ts")

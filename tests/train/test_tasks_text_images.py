@@ -56,12 +56,40 @@ def test_registry_builds_tasks_by_name() -> None:
     task = get_task("images", cfg, labels=["circle", "square"])
     assert isinstance(task, ImageClassifierTask) and task.labels == ("circle", "square")
     assert task.max_pixels == cfg.inputs.images.max_pixels
-    with pytest.raises(ValueError, match="unknown task 'audio'"):
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
         get_task("audio", cfg)
     with pytest.raises(ValueError, match="label vocabulary"):
         get_task("images", cfg)
     with pytest.raises(ValueError, match="sorted and distinct"):
         get_task("images", cfg, labels=["square", "circle"])
+
+
+def test_train_stages_come_from_the_registry() -> None:
+    """Each trainable modality's stage is rebuilt from its factory reference; its cache
+    key covers its own section and the settings its spec names, not the others'."""
+    from pipeline import modalities
+    from pipeline.config import config_from_dict
+    from pipeline.evaluate.stage import evaluate_config_slice, evaluate_stage
+    from pipeline.orchestrator.stages import stage_from_factory
+    from pipeline.train.stage import train_config_slice, train_stage
+
+    cfg = config_from_dict({"modalities": ["text", "images"],
+                            "train": {"transactions": {"enabled": False}}})
+    for spec in modalities.specs():
+        assert spec.training is not None
+        for make in (train_stage, evaluate_stage):
+            stage = make(spec.name)
+            rebuilt = stage_from_factory(stage.factory, stage.args, stage.name)
+            assert (rebuilt.name, rebuilt.inputs) == (stage.name, stage.inputs)
+            assert stage.enabled(cfg) == (spec.name != "transactions")
+        sliced = train_config_slice(cfg, spec.name)
+        assert set(sliced["train"]) & set(modalities.names()) == {spec.name}
+        gates = evaluate_config_slice(cfg, spec.name)["gates"]
+        assert set(gates) == {g.field for g in spec.metric_gates}
+    assert train_config_slice(cfg, "images")["max_pixels"] == cfg.inputs.images.max_pixels
+    assert "max_pixels" not in train_config_slice(cfg, "text")
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        train_stage("audio")
 
 
 # ----------------------------------------------------------------------------- text

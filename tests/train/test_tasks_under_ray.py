@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import PipelineConfig, config_from_dict
-from pipeline.storage import RunPaths
+from pipeline.storage import Location, RunPaths
 from pipeline.train.data import publish_split_table
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def _image_table() -> pa.Table:
 def _train(tmp: Path, task: str, table: pa.Table, cfg: PipelineConfig) -> Any:
     from pipeline.train import train_task
 
-    run = RunPaths(f"file://{tmp}", f"{task}-run")
+    run = RunPaths(Location(f"file://{tmp}"), f"{task}-run")
     stage = run.stage(f"dedup/{task}")
     publish_split_table(stage, table)
     return train_task(cfg, task, stage, run)

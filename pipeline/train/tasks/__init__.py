@@ -1,7 +1,8 @@
-"""Registry of training tasks, one per modality: `get_task("text", cfg)`.
+"""The training tasks, one per modality: `get_task("text", cfg)`.
 
-Each entry maps a task name to a factory `(cfg: PipelineConfig, labels) -> Task`; the
-task classes expose one as `from_config`. Adding a task is one line in `_FACTORIES`.
+Which task a modality trains is part of its spec (`pipeline.modalities`,
+`spec.training.make_task`); `get_task` looks it up there, so a registered modality needs no
+entry here. The task classes expose their factory as `from_config`.
 """
 
 from __future__ import annotations
@@ -17,30 +18,24 @@ from pipeline.train.tasks.transactions import FraudTask
 #: (config, label vocabulary or None) -> task
 TaskFactory = Callable[[PipelineConfig, Sequence[str] | None], Task]
 
-_FACTORIES: dict[str, TaskFactory] = {
-    "text": TextLMTask.from_config,
-    "images": ImageClassifierTask.from_config,
-    "transactions": FraudTask.from_config,
-    # --- add further tasks here, one line each
-}
-
 
 def task_names() -> tuple[str, ...]:
-    """The registered task names."""
-    return tuple(_FACTORIES)
+    """The registered modalities that train a model."""
+    from pipeline import modalities
+
+    return tuple(s.name for s in modalities.specs() if s.training is not None)
 
 
-def get_task(name: str, cfg: PipelineConfig, labels: Sequence[str] | None = None) -> Task:
-    """The task `name` built from `cfg`.
+def get_task(modality: str, cfg: PipelineConfig, labels: Sequence[str] | None = None
+             ) -> Task:
+    """The training task of `modality` built from `cfg` (ValueError naming the registered
+    modalities when it is unknown or trains nothing).
 
     `labels` is the sorted class-name vocabulary for classification tasks that need one
     (images: required); tasks that do not use it ignore it."""
-    try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(_FACTORIES)}"
-                         ) from None
-    return factory(cfg, labels)
+    from pipeline.train.trainer import training_of
+
+    return training_of(modality).make_task(cfg, labels)
 
 
 __all__ = ["FraudTask", "ImageClassifierTask", "Task", "TaskFactory", "TextLMTask",
