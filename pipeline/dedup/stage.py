@@ -68,7 +68,9 @@ def run_dedup(ctx: StageContext, modality: str) -> StageResult:
     spark = ctx.spark
     ingest_name = f"ingest/{modality}"
     ingest_stage, ingest = ctx.input(ingest_name), ctx.inputs[ingest_name]
-    curated = read_stage_table(spark, ingest_stage, "curated/")
+    # The dedup rules scan their input several times, and each scan of a Parquet read
+    # through fsspec is a Python task: read the curated files once.
+    curated = read_stage_table(spark, ingest_stage, "curated/").persist()
     out = spec.dedup(spark, curated, ctx.cfg)
     data = assign_split(out.kept, "cluster_id", ctx.cfg.split)
     data_dir, dup_dir = ctx.output / "data", ctx.output / "duplicates"
@@ -82,6 +84,7 @@ def run_dedup(ctx: StageContext, modality: str) -> StageResult:
         schemas = {"data": spark_schema_fingerprint(data)}
     finally:
         out.release()
+        curated.unpersist()
     n_in = int(ingest.row_counts["curated"])
     if n_in != n_kept + n_dup + n_quar:
         raise DedupReconciliationError(
