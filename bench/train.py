@@ -33,7 +33,7 @@ import torch
 
 from pipeline.config import PipelineConfig, RayConfig, config_from_dict
 from pipeline.ray_env import init_ray
-from pipeline.storage import RunPaths
+from pipeline.storage import Location, RunPaths
 from pipeline.train import data
 from pipeline.train.loop import make_optimizer, make_scheduler
 from pipeline.train.tasks.transactions import (
@@ -120,7 +120,8 @@ def main() -> None:
     torch.set_num_threads(1)  # as each 1-CPU Ray worker gets (OMP_NUM_THREADS=1)
     root = tempfile.mkdtemp(prefix="bench-train-")
     table = synthetic_transactions(args.rows, seed=0, fraud_rate=0.1)
-    run1, run2 = RunPaths(f"file://{root}", "w1"), RunPaths(f"file://{root}", "w2")
+    store = Location(f"file://{root}")
+    run1, run2 = RunPaths(store, "w1"), RunPaths(store, "w2")
     for run in (run1, run2):
         data.publish_split_table(run.stage("dedup/transactions"), table, n_files=4)
     train = data.numpy_friendly(table.filter(pc.equal(table.column("split"), "train")))

@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipeline.jsonutil import json_clean
 from pipeline.modalities import QualitySpec
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -58,15 +59,6 @@ def _key(value: Any) -> str:
     return str(value)
 
 
-def plain(value: Any) -> Any:
-    """Spark's Decimal/datetime values as JSON-ready floats/ISO strings."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return float(value)
-
-
 def _ranges(df: DataFrame, columns: Iterable[str]) -> dict[str, Any]:
     cols = [c for c in columns if c in df.columns]
     if not cols:
@@ -81,8 +73,8 @@ def _ranges(df: DataFrame, columns: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for c in cols:
         qs = r[f"{c}__q"] or [None] * len(QUANTILES)
-        out[c] = {"min": plain(r[f"{c}__min"]), "max": plain(r[f"{c}__max"]),
-                  "quantiles": {f"p{round(q * 100):02d}": plain(v)
+        out[c] = {"min": json_clean(r[f"{c}__min"]), "max": json_clean(r[f"{c}__max"]),
+                  "quantiles": {f"p{round(q * 100):02d}": json_clean(v)
                                 for q, v in zip(QUANTILES, qs, strict=True)}}
     return out
 

@@ -112,15 +112,16 @@ def _with_jaccard(pairs: list[Mapping[str, Any]], n: int) -> list[dict[str, Any]
     return out
 
 
-def _jsonable(value: Any) -> Any:
+def _excerpted(value: Any) -> Any:
+    """A display copy of sampled pairs: bytes as size and digest, long text cut short."""
     if isinstance(value, (bytes, bytearray)):
         return {"n_bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
     if isinstance(value, str):
         return value if len(value) <= EXCERPT_CHARS else value[:EXCERPT_CHARS] + "…"
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _excerpted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_excerpted(v) for v in value]
     return value
 
 
@@ -240,6 +241,6 @@ def write_dedup_report(figures: Mapping[str, Any], out_html: Location,
     written."""
     prepared = prepare(figures)
     out_html.write_bytes(render_dedup_html(prepared).encode("utf-8"))
-    clean = _jsonable(prepared)
+    clean = _excerpted(prepared)
     out_json.write_json(clean)
     return clean  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ from pipeline import modalities
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.dedup.exact import DUPLICATES_SCHEMA
 from pipeline.ingest.common import QUARANTINE_SCHEMA
+from pipeline.jsonutil import json_clean
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 from pipeline.spark_io import (
     parquet_files,
@@ -116,16 +117,8 @@ def run_dedup(ctx: StageContext, modality: str) -> StageResult:
                f"{n_quar:,} quarantined; split " +
                "/".join(f"{splits.get(s, 0):,}" for s in ("train", "val", "test")))
     log.info("dedup %s: %s", modality, summary)
-    extra = {"quality": _jsonable(figures), "gates": [g.to_dict() for g in gates]}
+    extra = {"quality": json_clean(figures), "gates": [g.to_dict() for g in gates]}
     return StageResult(row_counts=counts, schemas=schemas, extra=extra, summary=summary)
-
-
-def _jsonable(value: Any) -> Any:
-    """Figures as plain JSON values (Decimals, datetimes and numpy scalars become str/float)."""
-    import json
-
-    return json.loads(json.dumps(value, default=lambda v: float(v) if hasattr(v, "__float__")
-                                 else str(v)))
 
 
 def _dedup_config(cfg: PipelineConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@
 5. when a gate fails, publishes nothing: it writes the report, with a banner saying that
    the stage did not publish and why, to `<run>/reports/failed/evaluate_<modality>.html`
    (+ `.json`) and raises `EvaluationGateError` (naming each metric, value, threshold and
-   that report). The next successful evaluation removes that stale report.
+   that report). The runner removes it once the stage is done or cached again.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def evaluate_config_slice(cfg: PipelineConfig, modality: str) -> dict[str, Any]:
 
 def failed_report(run: RunPaths, modality: str) -> tuple[Location, Location]:
     """(HTML, JSON) of the report of an evaluation that failed a gate (not published)."""
-    folder = run.reports / "failed"
-    return folder / f"evaluate_{modality}.html", folder / f"evaluate_{modality}.json"
+    from pipeline.orchestrator.reports import failed_report as at
+
+    name = f"evaluate/{modality}"
+    return at(run, name, ".html"), at(run, name, ".json")
 
 
 def _tag(table: pa.Table, split: str) -> pa.Table:
@@ -153,7 +155,7 @@ def run_evaluate(ctx: StageContext, modality: str) -> StageResult:
         banner = (f"This stage ({name}) did not publish: "
                   + "; ".join(f.message for f in failures)
                   + ". Nothing of this evaluation was published; this report is kept for "
-                    "inspection and is removed by the next successful evaluation.")
+                    "inspection and is removed once the stage is done.")
         write_evaluation_report(body, failed_html, failed_json, banner)
         log.error("%s: %s; the stage did not publish, report %s", modality, summary,
                   failed_html)
@@ -161,8 +163,6 @@ def run_evaluate(ctx: StageContext, modality: str) -> StageResult:
     for split, table in predictions.items():
         _write_table(ctx.output / "predictions" / f"{split}.parquet", table)
     write_evaluation_report(body, ctx.output / REPORT_FILE, ctx.output / METRICS_FILE)
-    for stale in (failed_html, failed_json):
-        stale.remove()
     report = run.stage(name) / REPORT_FILE
     log.info("%s: %s; report %s", modality, summary, report)
     return StageResult(

@@ -57,7 +57,8 @@ def _dedup(spark: SparkSession, curated: DataFrame, cfg: PipelineConfig) -> Dedu
 def _consistency(df: DataFrame, n: int) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
-    from pipeline.quality import group_counts, plain
+    from pipeline.jsonutil import json_clean
+    from pipeline.quality import group_counts
 
     if "amount" not in df.columns:
         return {}
@@ -66,7 +67,7 @@ def _consistency(df: DataFrame, n: int) -> dict[str, Any]:
     assert first is not None
     out: dict[str, Any] = {
         "non_positive_amount": int(first["bad"] or 0) / n if n else 0.0,
-        "ts_range": [plain(first["ts_min"]), plain(first["ts_max"])],
+        "ts_range": [json_clean(first["ts_min"]), json_clean(first["ts_max"])],
         "currencies": group_counts(df, "currency")}
     if "is_probable_retry" in df.columns:
         r = df.agg(F.sum(F.col("is_probable_retry").cast("int"))).first()

@@ -8,7 +8,13 @@ A stage's reports are files of its own published folder, listed by its manifest:
 
 Only manifest files ending in .html or .json count, so a report is always a published,
 digest-checked file and a stale URL never points outside its stage. The main report comes
-first. Nothing here reads storage: the manifest is all it needs.
+first.
+
+A stage that fails after computing figures worth seeing (an evaluation whose gate failed)
+publishes nothing, but leaves its report at `failed_report(run, stage, suffix)`:
+`<run>/reports/failed/<stage, '/' as '_'>.html|json`. The runner removes those files once
+the stage is done or cached, so a report under `failed/` always belongs to the stage's
+latest outcome.
 """
 
 from __future__ import annotations
@@ -16,9 +22,21 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Sequence
 
-from pipeline.storage import Location, Manifest
+from pipeline.storage import Location, Manifest, RunPaths
 
 REPORT_SUFFIXES = (".html", ".json")
+FAILED_DIR = "failed"
+
+
+def failed_report(run: RunPaths, stage: str, suffix: str) -> Location:
+    """Where stage `stage` keeps a report of an attempt that did not publish."""
+    return run.reports / FAILED_DIR / (stage.replace("/", "_") + suffix)
+
+
+def clear_failed_reports(run: RunPaths, stage: str) -> None:
+    """Remove the reports a failed attempt of `stage` left (the stage is now done)."""
+    for suffix in REPORT_SUFFIXES:
+        failed_report(run, stage, suffix).remove()
 
 
 def _is_main(manifest: Manifest, rel: str) -> bool:

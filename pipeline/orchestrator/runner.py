@@ -34,7 +34,7 @@ from pipeline.config import PipelineConfig, to_dict
 from pipeline.orchestrator.backends import backend_for, execute
 from pipeline.orchestrator.lock import RunLock
 from pipeline.orchestrator.plan import PlanEntry, decide, load_state, plan, run_id_of, run_paths
-from pipeline.orchestrator.reports import report_urls
+from pipeline.orchestrator.reports import clear_failed_reports, report_urls
 from pipeline.orchestrator.retry import RetryPolicy
 from pipeline.orchestrator.selection import SelectionError
 from pipeline.orchestrator.stages import LazySpark, Stage, StageContext
@@ -180,6 +180,7 @@ def _run_stage(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str,
     rec.update(state="done", seconds=round(seconds, 3), finished=time.time(),
                manifest_digest=manifest.digest, rows=dict(manifest.row_counts), summary=summary)
     r.save()
+    clear_failed_reports(r.paths, stage.name)
     log.info("stage %s done in %.1f s (%d attempt(s)): %s", stage.name, seconds, attempt,
              summary)
     return StageOutcome(stage.name, "ran", seconds, summary, dict(manifest.row_counts), reason,
@@ -231,6 +232,8 @@ def _carry_out(r: _Run, stage: Stage, entry: PlanEntry, index: int, total: int,
         log.info("stage %s is cached (key %s): nothing to do", stage.name, key[:12])
         r.manifests[stage.name] = existing
         summary, changed = _record_cached(r, stage, existing, key, parts)
+        if changed:  # the stage's state moved (e.g. from failed) to done
+            clear_failed_reports(r.paths, stage.name)
         outcome = StageOutcome(stage.name, "cached", 0.0, summary, dict(existing.row_counts),
                                reason, 0, dict(existing.extra),
                                report_urls(r.paths.stage(stage.name), existing))

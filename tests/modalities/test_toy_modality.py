@@ -17,7 +17,7 @@ from pipeline.orchestrator.lineage import lineage
 from pipeline.orchestrator.status import run_status
 
 sys.path.insert(0, str(Path(__file__).parent))
-import toy  # noqa: E402  (a helper module beside this test)
+import toy  # a helper module beside this test
 
 pytestmark = pytest.mark.integration
 

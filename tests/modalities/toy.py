@@ -139,7 +139,7 @@ def write_raw(folder: Any, rows: int = 120) -> dict[str, int]:
     good = [f"s{i % 7},{v:.3f},{'hot' if v > 0 else 'cold'}"
             for i, v in enumerate(rng.normal(size=rows))]
     half = rows // 2
-    (folder / "a.csv").write_text("\n".join(good[:half] + ["not a reading"]) + "\n")
-    (folder / "b.csv").write_text("\n".join(good[half:] + good[:3] + ["s1,NaNish,hot"])
+    (folder / "a.csv").write_text("\n".join([*good[:half], "not a reading"]) + "\n")
+    (folder / "b.csv").write_text("\n".join([*good[half:], *good[:3], "s1,NaNish,hot"])
                                   + "\n")
     return {"input": rows + 5, "curated": rows + 3, "quarantined": 2, "duplicates": 3}

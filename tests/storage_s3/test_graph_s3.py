@@ -51,7 +51,8 @@ def test_whole_graph_on_s3_writes_only_there_and_manifests_list_everything(
     assert list(workdir.iterdir()) == []
     run = RunPaths(cfg.storage.location, RUN_ID)
     prefix = run.run.path.rstrip("/") + "/"
-    keys = [k for k in s3_bucket.keys() if k.startswith(prefix)]
+    in_bucket: list[str] = s3_bucket.keys()
+    keys = [k for k in in_bucket if k.startswith(prefix)]
     assert keys, "nothing was written to the bucket"
     listed: set[str] = set()
     for stage in stages:
