@@ -88,7 +88,7 @@ IMAGE_HISTORY = _history([(2.2, 2.0), (1.5, float("nan"))])  # a diverged val ep
 
 def _result(task: str, history: list[dict[str, float]]) -> dict[str, Any]:
     finite = [h["val_loss"] for h in history if math.isfinite(h["val_loss"])]
-    return {"task": task, "history": history, "best_val_loss": min(finite),
+    return {"modality": task, "history": history, "best_val_loss": min(finite),
             "best_checkpoint": f"file:///ckpt/train_{task}/checkpoint_000002",
             "final_metrics": history[-1]}
 

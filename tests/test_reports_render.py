@@ -238,7 +238,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> Any:
     # A train stage as the trainer publishes it: result.json is its report.
     writer = StageWriter(run.stage("train/images"), "train/images")
     (writer.staging / "result.json").write_json(
-        {"task": "images", "history": history, "best_checkpoint": None,
+        {"modality": "images", "history": history, "best_checkpoint": None,
          "best_val_loss": min(v for _, v in losses)})
     writer.publish(row_counts={"epochs": len(history)},
                    extra={"report": (run.stage("train/images") / "result.json").url})
@@ -278,7 +278,7 @@ def _evaluation_report(task: str) -> dict[str, Any]:
                {"epoch": 2.0, "train_loss": 1.2, "val_loss": 1.4}]
     gate = {"gate": "min_fraud_roc_auc", "modality": task, "figure": "ROC-AUC",
             "value": 0.91, "threshold": 0.6, "op": ">=", "passed": True}
-    report: dict[str, Any] = {"task": task, "run_id": "t", "history": history,
+    report: dict[str, Any] = {"modality": task, "run_id": "t", "history": history,
                               "gates": [gate] if task == "transactions" else [],
                               "checkpoint": f"file:///ckpt/train_{task}/checkpoint_000004",
                               "checkpoint_digest": "ab" * 32, "data_digest": "cd" * 32,
