@@ -15,6 +15,7 @@ from pipeline.modalities.spec import (
     ModalitySpec,
     QualitySpec,
     TrainingSpec,
+    metric_text,
 )
 
 if TYPE_CHECKING:
@@ -114,11 +115,7 @@ def _figures(predictions: Mapping[str, pa.Table], labels: Sequence[str], points:
 
 
 def _summary(m: Mapping[str, float | None]) -> str:
-    def f(key: str) -> str:
-        v = m.get(key)
-        return "undefined" if v is None else f"{v:.4f}"
-
-    return f"test accuracy {f('accuracy')}, macro-F1 {f('macro_f1')}"
+    return f"test accuracy {metric_text(m, 'accuracy')}, macro-F1 {metric_text(m, 'macro_f1')}"
 
 
 def _section(report: Mapping[str, Any]) -> list[Html]:

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from pipeline.train.task import Task
 
 
+def metric_text(metrics: Mapping[str, float | None], key: str) -> str:
+    """A metric for a summary line: 4 decimals, or "undefined" (None: e.g. no positives)."""
+    value = metrics.get(key)
+    return "undefined" if value is None else f"{value:.4f}"
+
+
 class InputConfig(Protocol):
     """What every modality's input section has: where its raw files are."""
 

@@ -15,6 +15,7 @@ from pipeline.modalities.spec import (
     ModalitySpec,
     QualitySpec,
     TrainingSpec,
+    metric_text,
 )
 
 if TYPE_CHECKING:
@@ -98,12 +99,8 @@ def _figures(predictions: Mapping[str, pa.Table], labels: Sequence[str], points:
 
 
 def _summary(m: Mapping[str, float | None]) -> str:
-    return f"test perplexity {_f(m, 'perplexity')}, {_f(m, 'bits_per_byte')} bits/byte"
-
-
-def _f(m: Mapping[str, float | None], key: str) -> str:
-    v = m.get(key)
-    return "undefined" if v is None else f"{v:.4f}"
+    return (f"test perplexity {metric_text(m, 'perplexity')}, "
+            f"{metric_text(m, 'bits_per_byte')} bits/byte")
 
 
 def _section(report: Mapping[str, Any]) -> list[Html]:

@@ -15,6 +15,7 @@ from pipeline.modalities.spec import (
     ModalitySpec,
     QualitySpec,
     TrainingSpec,
+    metric_text,
 )
 
 if TYPE_CHECKING:
@@ -122,8 +123,7 @@ def _figures(predictions: Mapping[str, pa.Table], labels: Sequence[str], points:
 
 def _summary(m: Mapping[str, float | None]) -> str:
     def f(key: str) -> str:
-        v = m.get(key)
-        return "undefined" if v is None else f"{v:.4f}"
+        return metric_text(m, key)
 
     return (f"test ROC-AUC {f('roc_auc')}, PR-AUC {f('pr_auc')}; at threshold "
             f"{f('threshold')}: precision {f('precision')}, recall {f('recall')}")
