@@ -313,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn every failure into a message + exit code."""
     from pipeline.orchestrator import NoFactoryError, RunLockedError, SelectionError, StageFailed
     from pipeline.orchestrator.status import RunNotFoundError
+    from pipeline.storage import OutputFolderError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -323,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("configuration error", exc, 2)
     except (SelectionError, NoFactoryError) as exc:
         return _fail("cannot run", exc, 2)
+    except OutputFolderError as exc:
+        return _fail("refused", exc, 2)
     except StageFailed as exc:
         return _fail("failed", exc, 1)
     except RunLockedError as exc:

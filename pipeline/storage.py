@@ -40,6 +40,11 @@ class ManifestMismatchError(ValueError):
     """A published file no longer matches the digest or size its manifest recorded."""
 
 
+class OutputFolderError(ValueError):
+    """A folder holds something other than an earlier output of the stage to publish
+    there, so publishing (which replaces the folder) would destroy it."""
+
+
 def to_url(path_or_url: str | Path) -> str:
     """Turn a local path, or a relative `file://./x` URL, into an absolute file:// URL;
     leave other URLs alone. (Spark and Ray workers run in other directories, so a
@@ -375,6 +380,60 @@ def move_tree(fs: AbstractFileSystem, src: str, dst: str) -> None:
     fs.rm(src, recursive=True)
 
 
+def _is_own_temp(rel: str) -> bool:
+    """A temporary manifest name `publish` writes before its rename (left by a crash)."""
+    return posixpath.basename(rel).startswith(f".{MANIFEST_NAME}.")
+
+
+def check_replaceable(target: Location, stage: str) -> None:
+    """Refuse, with `OutputFolderError`, to publish `stage` at `target` unless the folder
+    is absent, empty, or holds exactly an earlier published output of the same stage: its
+    manifest names `stage` and lists every file in it. A folder a user chose (`pipeline
+    predict --output`) may hold anything; publishing replaces the whole folder, so
+    anything not provably ours must survive (as Spark's `ErrorIfExists` save mode)."""
+    fs, path = target.filesystem()
+    if not fs.exists(path):
+        return
+    if fs.isfile(path):
+        raise OutputFolderError(f"{target.url} is a file, not a folder: refusing to "
+                                f"replace it with the output of {stage}")
+    rels = [posixpath.relpath(p, path) for p in _list_files(fs, path)]
+    rels = [r for r in rels if not _is_own_temp(r)]
+    if not rels:
+        return
+    advice = "choose a new or empty folder, or remove it yourself"
+    try:
+        manifest = read_manifest(target)
+    except MissingManifestError:
+        shown = ", ".join(rels[:3]) + (f" and {len(rels) - 3} more" if len(rels) > 3 else "")
+        raise OutputFolderError(
+            f"{target.url} holds {len(rels)} file(s) ({shown}) and no {MANIFEST_NAME}: it "
+            f"is not an output of {stage}, refusing to replace it; {advice}") from None
+    except ManifestMismatchError as exc:
+        raise OutputFolderError(f"{target.url}: its {MANIFEST_NAME} cannot be trusted "
+                                f"({exc}), refusing to replace it; {advice}") from None
+    if manifest.stage != stage:
+        raise OutputFolderError(
+            f"{target.url} holds the output of {manifest.stage}, not of {stage}: refusing "
+            f"to replace it; {advice}")
+    listed = {MANIFEST_NAME, *(e.path for e in manifest.files)}
+    foreign = [r for r in rels if r not in listed]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                          if len(foreign) > 3 else "")
+        raise OutputFolderError(
+            f"{target.url} holds an output of {stage} plus {len(foreign)} file(s) its "
+            f"manifest does not list ({shown}): refusing to replace it; {advice}")
+
+
+def overlapping(a: Location, b: Location) -> bool:
+    """Whether `a` and `b` are the same place or one lies inside the other."""
+    if a.protocol != b.protocol:
+        return False
+    x, y = a.url.rstrip("/"), b.url.rstrip("/")
+    return x == y or x.startswith(y + "/") or y.startswith(x + "/")
+
+
 class StageWriter:
     """Write a stage's files into staging, then publish them atomically with a manifest.
 
@@ -386,11 +445,18 @@ class StageWriter:
 
     If the process dies before `publish`, only a `_staging/` folder is left; readers never
     look there and the next writer of the same stage removes it.
+
+    `guard_existing`: the target is a folder a user named rather than one inside the run,
+    so it is replaced only when `check_replaceable` allows it (checked here, before any
+    work, and again just before `publish` replaces it).
     """
 
-    def __init__(self, target: Location, stage: str) -> None:
+    def __init__(self, target: Location, stage: str, guard_existing: bool = False) -> None:
         self.stage = stage
         self.target = target
+        self.guard_existing = guard_existing
+        if guard_existing:
+            check_replaceable(target, stage)
         self.fs, self.final_path = target.filesystem()
         parent, name = posixpath.split(self.final_path)
         staging_root = posixpath.join(parent, STAGING_DIR)
@@ -421,6 +487,8 @@ class StageWriter:
             code_version=code_version(), extra=dict(extra or {}),
         )
         manifest_path = posixpath.join(self.final_path, MANIFEST_NAME)
+        if self.guard_existing:
+            check_replaceable(self.target, self.stage)
         if self.fs.exists(self.final_path):
             # Invalidate first: from here until the new manifest lands the stage reads as
             # not done, never as a mix of old and new files.

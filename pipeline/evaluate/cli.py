@@ -111,7 +111,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--input", required=True, metavar="URL",
                    help="Parquet file or folder (any fsspec URL or local path)")
     p.add_argument("--output", required=True, metavar="URL",
-                   help="folder to publish the predictions in (replaced atomically)")
+                   help="folder to publish the predictions in: a new or empty folder, or "
+                   "an earlier predict output of the same modality (replaced atomically); "
+                   "any other folder, or one overlapping --input, is refused")
     p.add_argument("--checkpoint", metavar="URL",
                    help="checkpoint folder (default: the run's best train/<modality> checkpoint)")
     p.set_defaults(func=cmd_predict)

@@ -5,9 +5,11 @@ of a folder (only the files its manifest lists when it is a published stage), ch
 each has the columns the model needs (the modality's id and feature columns, from its
 spec), scores the rows through the same Ray Data actor pool as the evaluate stage and
 publishes `predictions/part-00000.parquet` under `output` with `StageWriter` (files first,
-`_MANIFEST.json` last). The manifest's `extra` records the lineage: the checkpoint URL and
-the SHA-256 of its model.pt, the input URL and a digest of the input files (relative path,
-size, SHA-256 of each).
+`_MANIFEST.json` last). `output` is replaced only when it is new, empty or an earlier
+`predict/<modality>` output, and never when it overlaps the input (`check_output`). The
+manifest's `extra` records the lineage: the checkpoint URL and the SHA-256 of its
+model.pt, the input URL and a digest of the input files (relative path, size, SHA-256 of
+each).
 
 Rows are sorted by id, then by a key of (file, row position), with a distributed Ray sort
 streamed to the writer, so the same input gives the same bytes and predictions never have
@@ -31,9 +33,12 @@ from pipeline.evaluate.model import best_checkpoint, load_trained
 from pipeline.storage import (
     MANIFEST_NAME,
     Location,
+    OutputFolderError,
     StageWriter,
+    check_replaceable,
     digest_of,
     file_digest,
+    overlapping,
     published_files,
 )
 
@@ -74,6 +79,17 @@ def input_files(source: Location) -> tuple[Location, list[Location]]:
     if not files:
         raise ValueError(f"{source}: no Parquet files to score")
     return source, files
+
+
+def check_output(source: Location, output: Location, modality: str) -> None:
+    """Refuse (`OutputFolderError`) an output folder that is, contains or lies inside the
+    input (publishing replaces the folder, so the input would be deleted or rescored), or
+    that holds anything but an earlier `predict/<modality>` output (`check_replaceable`)."""
+    if overlapping(source, output):
+        raise OutputFolderError(
+            f"--output {output} overlaps --input {source}: publishing replaces the output "
+            "folder, so choose a folder outside the input")
+    check_replaceable(output, f"predict/{modality}")
 
 
 def check_schema(modality: str, files: list[Location]) -> list[str]:
@@ -133,6 +149,7 @@ def predict_table(cfg: PipelineConfig, modality: str, source: Location | str,
     source = store.at(source) if isinstance(source, str) else source
     output = store.at(output) if isinstance(output, str) else output
     root, files = input_files(source)
+    check_output(source, output, modality)  # before any work: the model, Ray, scoring
     columns = check_schema(modality, files)
     input_digest = _input_digest(root, files)
     task_state = None
@@ -144,7 +161,7 @@ def predict_table(cfg: PipelineConfig, modality: str, source: Location | str,
     spec = inference.ModelSpec(cfg, modality, trained.checkpoint, trained.checkpoint_digest,
                                trained.task_state)
     scored = inference.score(_dataset(root, files, columns), spec)
-    writer = StageWriter(output, f"predict/{modality}")
+    writer = StageWriter(output, f"predict/{modality}", guard_existing=True)
     rows = 0
     out: pq.ParquetWriter | None = None
     try:
