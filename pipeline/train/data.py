@@ -37,6 +37,7 @@ batches before any conversion.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import posixpath
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -189,12 +190,95 @@ def val_name(rank: int) -> str:
     return f"val_r{rank:03d}"
 
 
+def _file_row_hashes(relpath: str, rows: int) -> np.ndarray:
+    # Ray Data's `row_hash` (include_row_hash=True): splitmix64 of md5(path)[:8] plus the
+    # row's position among the rows the filtered scan of that file returns. Reproduced so
+    # that both preparation paths key every row identically; a test compares them.
+    import hashlib
+
+    seed = int.from_bytes(hashlib.md5(relpath.encode("utf-8")).digest()[:8], "little")
+    with np.errstate(over="ignore"):
+        return splitmix64(np.uint64(seed) + np.arange(rows, dtype=np.uint64))
+
+
+def read_split_table(stage: Location, split: str, columns: Sequence[str], seed: int = 0,
+                     preprocess: Preprocess | None = None) -> pa.Table:
+    """`read_split` done on the driver with pyarrow, as one Arrow table in the same stored
+    order with the same `_order` keys: for splits small enough that a Ray Data job (tasks,
+    a distributed sort, a materialization) would cost more than the rows themselves."""
+    import pyarrow.parquet as pq
+
+    files = published_files(stage, prefix="data/", suffix=".parquet")
+    if not files:
+        raise ValueError(f"{stage}: the manifest lists no data/*.parquet files")
+    _, root = stage.arrow_filesystem()
+    parts = []
+    for file in files:
+        rel = posixpath.relpath(file.arrow_filesystem()[1], root)
+        with file.open("rb") as fh:
+            table = pq.read_table(fh, columns=[*columns, "split"],
+                                  filters=[("split", "==", split)])
+        hashes = _file_row_hashes(rel, table.num_rows)
+        parts.append(table.append_column("row_hash", pa.array(hashes, type=pa.uint64())))
+    table = pa.concat_tables(parts).combine_chunks()
+    return _normalize_and_key(table, seed, preprocess)
+
+
+#: below this many Parquet bytes (as published, compressed) the splits are prepared on the
+#: driver with pyarrow; above it, by Ray Data tasks spread over the cluster
+DRIVER_PREPARE_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _published_bytes(stage: Location) -> int:
+    manifest = read_manifest(stage)
+    return sum(f.size for f in manifest.files
+               if f.path.startswith("data/") and f.path.endswith(".parquet"))
+
+
+def _prepare_on_driver(stage: Location, columns: Sequence[str], world_size: int,
+                       seed: int, chunks_per_rank: int, preprocess: Preprocess | None
+                       ) -> tuple[int, int, int, tuple[Any, ...], tuple[Any, ...]]:
+    import ray.data
+
+    train = read_split_table(stage, "train", columns, seed, preprocess)
+    train = train.take(pc.sort_indices(train, [(_ORDER, "ascending")])).drop_columns(
+        [_ORDER])
+    val = read_split_table(stage, "val", columns, seed, preprocess).drop_columns([_ORDER])
+    n_train, n_val = train.num_rows, val.num_rows
+    if n_train < world_size:
+        raise ValueError(f"{stage}: {n_train} train rows cannot feed {world_size} workers")
+    chunks_per_rank = max(1, min(chunks_per_rank, n_train // world_size))
+    n_chunks = world_size * chunks_per_rank
+    per_chunk = n_train // n_chunks  # as Dataset.split(equal=True): the tail is dropped
+    chunks = tuple(ray.data.from_arrow(train.slice(k * per_chunk, per_chunk))
+                   for k in range(n_chunks))
+    bounds = [0, *(n_val * r // world_size for r in range(1, world_size)), n_val]
+    val_shards = tuple(ray.data.from_arrow(val.slice(a, b - a))
+                       for a, b in itertools.pairwise(bounds))
+    return chunks_per_rank, n_train, n_val, chunks, val_shards
+
+
 def prepare_inputs(stage: Location, columns: Sequence[str], world_size: int, seed: int,
                    chunks_per_rank: int = CHUNKS_PER_RANK,
-                   preprocess: Preprocess | None = None) -> SplitInputs:
+                   preprocess: Preprocess | None = None,
+                   driver_max_bytes: int = DRIVER_PREPARE_MAX_BYTES) -> SplitInputs:
     """Read, key, sort and cut the train/val splits of a stage for `world_size` workers
-    (`preprocess`: a task's per-row feature computation, done here once, in parallel)."""
+    (`preprocess`: a task's per-row feature computation, done here once per row).
+
+    Splits whose Parquet files total at most `driver_max_bytes` are prepared on the driver
+    (a Ray Data job has seconds of fixed cost); larger ones by Ray Data tasks. Both give
+    the same chunks, row for row."""
     digest = read_manifest(stage).content_digest
+    if _published_bytes(stage) <= driver_max_bytes:
+        chunks_per_rank, n_train, n_val, chunks, val_shards = _prepare_on_driver(
+            stage, columns, world_size, seed, chunks_per_rank, preprocess)
+        n_chunks = len(chunks)
+        kept = (n_train // n_chunks) * n_chunks
+        log.info("train split: %d rows in %d chunks of %d (%d dropped to keep ranks "
+                 "equal); val split: %d rows over %d workers (prepared on the driver)",
+                 n_train, n_chunks, n_train // n_chunks, n_train - kept, n_val, world_size)
+        return SplitInputs(digest, world_size, chunks_per_rank, kept, n_train - kept, n_val,
+                           chunks, val_shards)
     with _ordered_data_context():
         train = read_split(stage, "train", columns, seed, preprocess)
         train = train.sort(_ORDER).drop_columns([_ORDER]).materialize()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.config import config_from_dict
 from pipeline.train import data
 from pipeline.train.loop import (
     FaultSpec,
@@ -237,3 +238,36 @@ def test_ray_data_shards_are_deterministic_disjoint_and_complete(
     seen = _flat(r0) + _flat(r1)
     assert len(seen) == len(set(seen)) == first.train_rows  # disjoint ranks, every row
     assert epoch(first, 1, 0) != r0
+
+
+@pytest.mark.integration
+def test_driver_and_ray_data_preparation_give_the_same_chunks(ray_local: Any,
+                                                              tmp_path: Path) -> None:
+    # Small splits are prepared on the driver, large ones by Ray Data tasks: the same
+    # stage must give the same chunks and val shards, row for row, either way (this also
+    # pins the reproduction of Ray Data's row_hash the driver path relies on).
+    from pipeline.storage import Location
+    from pipeline.train.tasks.transactions import FraudTask, synthetic_transactions
+
+    stage = Location(f"file://{tmp_path}/dedup")
+    data.publish_split_table(stage, synthetic_transactions(500, seed=3), n_files=3)
+    task = FraudTask(config_from_dict({}).train.transactions)
+    # One Ray Data preparation only (it has the fixed cost the driver path avoids).
+    small = data.prepare_inputs(stage, task.columns, world_size=2, seed=7,
+                                preprocess=task.preprocess)
+    large = data.prepare_inputs(stage, task.columns, world_size=2, seed=7,
+                                preprocess=task.preprocess, driver_max_bytes=0)
+    assert (small.train_rows, small.dropped_rows, small.val_rows) == (
+        large.train_rows, large.dropped_rows, large.val_rows)
+    assert len(small.chunks) == len(large.chunks) == 8
+    for a, b in zip((*small.chunks, *small.val_shards),
+                    (*large.chunks, *large.val_shards), strict=True):
+        assert _rows(a) == _rows(b)
+
+
+def _rows(ds: Any) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import ray
+
+    table = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    return table.to_pylist()
