@@ -5,7 +5,7 @@ decided outside it (pipeline.graph), and jobs rebuild a stage from its factory r
 """
 
 from pipeline.orchestrator.backends import NoFactoryError
-from pipeline.orchestrator.lock import RunLockedError
+from pipeline.orchestrator.lock import LockLostError, RunLockedError
 from pipeline.orchestrator.plan import PlanEntry, plan
 from pipeline.orchestrator.retry import RetryableError, RetryPolicy
 from pipeline.orchestrator.runner import (
@@ -17,6 +17,6 @@ from pipeline.orchestrator.runner import (
 from pipeline.orchestrator.selection import SelectionError, select
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 
-__all__ = ["NoFactoryError", "PlanEntry", "RetryPolicy", "RetryableError", "RunInterrupted",
-           "RunLockedError", "SelectionError", "Stage", "StageContext", "StageFailed",
-           "StageOutcome", "StageResult", "plan", "run_pipeline", "select"]
+__all__ = ["LockLostError", "NoFactoryError", "PlanEntry", "RetryPolicy", "RetryableError",
+           "RunInterrupted", "RunLockedError", "SelectionError", "Stage", "StageContext",
+           "StageFailed", "StageOutcome", "StageResult", "plan", "run_pipeline", "select"]

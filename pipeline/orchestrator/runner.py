@@ -5,7 +5,10 @@ code, same config slice, same upstream manifests means the same output. Anything
 re-runs, and because downstream keys include upstream manifest digests, so does
 everything after it. The whole plan is decided (and every selection problem reported)
 before the first stage starts; the run holds `<run>/_LOCK` throughout, so two processes
-never run the same run id at once.
+never run the same run id at once. Before a stage writes into staging, before it publishes
+and before run.json is written, the runner checks that the lock is still this process's
+(`RunLock.check`): a run whose lock was taken over stops with `LockLostError` instead of
+overwriting the new holder's work.
 
 run.json records, per stage: state (`running`, `done`, `failed`, `interrupted`), the
 cache key and its components (`key_parts`, which `plan` compares to say what changed),
@@ -32,7 +35,7 @@ from typing import Any, Protocol
 
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.orchestrator.backends import backend_for, execute
-from pipeline.orchestrator.lock import RunLock
+from pipeline.orchestrator.lock import LockLostError, RunLock
 from pipeline.orchestrator.plan import PlanEntry, decide, load_state, plan, run_id_of, run_paths
 from pipeline.orchestrator.reports import clear_failed_reports, report_urls
 from pipeline.orchestrator.retry import RetryPolicy
@@ -111,12 +114,15 @@ class _Run:
     version: str
     policy: RetryPolicy
     sleep: Callable[[float], None]
+    #: raises LockLostError when the run lock is no longer ours (fencing; no-op unlocked)
+    fence: Callable[[], None] = lambda: None
     #: manifests of the stages settled in this call (ran or cached), by name
     manifests: dict[str, Manifest] = field(default_factory=dict)
     #: the stages that ran (published a new manifest) in this call
     ran: set[str] = field(default_factory=set)
 
     def save(self) -> None:
+        self.fence()
         self.state["config"] = to_dict(self.cfg, redact=True)
         self.state["code_version"] = self.version
         self.state["updated"] = time.time()
@@ -125,12 +131,16 @@ class _Run:
 
 def _attempt(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str) -> tuple[str, Manifest]:
     """One attempt: run into a fresh staging folder and publish (or drop it on failure)."""
+    r.fence()  # the writer removes stale staging folders: only while the lock is ours
     writer = StageWriter(r.paths.stage(stage.name), stage.name)
     try:
         result = execute(stage, StageContext(r.cfg, r.paths, writer.staging, inputs, r.spark))
+        r.fence()  # a lost lock stops here, before the published folder is replaced
         manifest = writer.publish(row_counts=result.row_counts, schemas=result.schemas,
                                   inputs={n: m.digest for n, m in inputs.items()},
                                   cache_key=key, extra=result.extra)
+    except LockLostError:
+        raise  # the staging folder may now be the new holder's business: leave it
     except BaseException:
         writer.abort()
         raise
@@ -154,6 +164,8 @@ def _run_stage(r: _Run, stage: Stage, inputs: dict[str, Manifest], key: str,
             try:
                 summary, manifest = _attempt(r, stage, inputs, key)
                 break
+            except LockLostError:
+                raise  # never retried, and run.json now belongs to the new holder
             except Exception as exc:
                 cause = f"{type(exc).__name__}: {exc}"
                 rec["errors"] = [*rec.get("errors", []), cause[:500]][-_MAX_ERRORS:]
@@ -274,7 +286,8 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
             if entry.decision == "run":
                 backend_for(stage, cfg)  # NoFactoryError now, not after the stages before it
         r = _Run(cfg, paths, load_state(paths), LazySpark(cfg), version,
-                 policy or RetryPolicy.from_config(cfg.orchestrator), sleep)
+                 policy or RetryPolicy.from_config(cfg.orchestrator), sleep,
+                 guard.check if isinstance(guard, RunLock) else (lambda: None))
         dirty = r.state.get("stage_order") != names
         r.state["stage_order"] = names
         total = sum(e.decision in ("run", "cached") for e in entries)
@@ -298,6 +311,6 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
                 outcomes.append(outcome)
         finally:
             r.spark.stop()
-            if dirty:
+            if dirty and not (isinstance(guard, RunLock) and guard.lost is not None):
                 r.save()
     return outcomes
