@@ -27,7 +27,10 @@ def check_values(cfg: PipelineConfig) -> list[str]:
             p.append(f"{key}: must be in [0, 1], got {value}")
 
     from pipeline import modalities
+    from pipeline.storage import run_id_problem
 
+    if cfg.run_id is not None and (problem := run_id_problem(cfg.run_id)) is not None:
+        p.append(f"run_id: {problem}")
     known = modalities.names()
     for m in cfg.modalities:
         if m not in known:

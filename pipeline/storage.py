@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -38,6 +39,11 @@ class MissingManifestError(FileNotFoundError):
 
 class ManifestMismatchError(ValueError):
     """A published file no longer matches the digest or size its manifest recorded."""
+
+
+class CorruptManifestError(ManifestMismatchError):
+    """A manifest that is not a manifest: invalid JSON, wrong shape, or file entries that
+    point outside their stage folder. Read as "not published"."""
 
 
 class OutputFolderError(ValueError):
@@ -297,6 +303,33 @@ class FileEntry:
     rows: int | None = None
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def entry_path_problem(rel: Any) -> str | None:
+    """Why `rel` cannot be a manifest entry (None when it can): an entry must be a
+    relative '/'-separated path that stays inside its stage folder, so no absolute path,
+    no '..' or '.' or empty part, no URL scheme (`s3:`, `file:`) and no backslash."""
+    if not isinstance(rel, str) or not rel:
+        return "not a non-empty string"
+    if "\\" in rel or "\x00" in rel:
+        return "contains a backslash or NUL"
+    if rel.startswith("/"):
+        return "is absolute"
+    if _SCHEME.match(rel):
+        return "starts with a URL scheme"
+    if any(part in ("", ".", "..") for part in rel.split("/")):
+        return "has an empty, '.' or '..' part"
+    return None
+
+
+def _check_entry(stage_name: str, rel: Any) -> None:
+    problem = entry_path_problem(rel)
+    if problem is not None:
+        raise CorruptManifestError(f"manifest of stage {stage_name!r} lists {rel!r}, which "
+                                   f"{problem}: entries must stay inside the stage folder")
+
+
 @dataclass(frozen=True)
 class Manifest:
     """The commit record of one stage output."""
@@ -330,10 +363,18 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        body = json.loads(text)
-        recorded = body.pop("digest", None)
-        files = tuple(FileEntry(**f) for f in body.pop("files"))
-        manifest = cls(files=files, **body)
+        """Parse a manifest; `CorruptManifestError` when it is not valid JSON of the right
+        shape or lists a path outside its folder, `ManifestMismatchError` when edited."""
+        try:
+            body = json.loads(text)
+            recorded = body.pop("digest", None)
+            files = tuple(FileEntry(**f) for f in body.pop("files"))
+            manifest = cls(files=files, **body)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CorruptManifestError(f"not a valid manifest: {type(exc).__name__}: "
+                                       f"{exc}") from None
+        for entry in manifest.files:
+            _check_entry(manifest.stage, entry.path)
         if recorded is not None and recorded != manifest.digest:
             raise ManifestMismatchError(
                 f"manifest of stage {manifest.stage!r} was edited: digest {recorded[:12]} "
@@ -512,14 +553,32 @@ class StageWriter:
 
 
 def read_manifest(stage: Location) -> Manifest:
-    """The manifest of a published stage; `MissingManifestError` when it was never published."""
+    """The manifest of a published stage; `MissingManifestError` when it was never
+    published, `ManifestMismatchError` (logged as a warning) when it is corrupt or edited:
+    callers such as `plan` read either as "not published"."""
     try:
-        text = (stage / MANIFEST_NAME).read_bytes().decode()
+        data = (stage / MANIFEST_NAME).read_bytes()
     except FileNotFoundError:
         raise MissingManifestError(
             f"{stage.url} has no {MANIFEST_NAME}: the stage did not finish publishing"
         ) from None
-    return Manifest.from_json(text)
+    try:
+        return Manifest.from_json(data.decode())
+    except UnicodeDecodeError as exc:
+        log.warning("%s/%s is not a manifest (%s): read as not published", stage.url,
+                    MANIFEST_NAME, exc)
+        raise CorruptManifestError(f"{stage.url}/{MANIFEST_NAME}: not UTF-8 text") from None
+    except ManifestMismatchError as exc:
+        log.warning("%s/%s cannot be trusted (%s): read as not published", stage.url,
+                    MANIFEST_NAME, exc)
+        raise type(exc)(f"{stage.url}: {exc}") from None
+
+
+def _entry_location(stage: Location, manifest: Manifest, rel: str) -> Location:
+    """The file `rel` of `stage`, refused unless it lies inside the stage folder (a
+    Manifest built in code skips `from_json`'s check)."""
+    _check_entry(manifest.stage, rel)
+    return stage / rel
 
 
 def is_published(stage: Location) -> bool:
@@ -535,6 +594,7 @@ def verify_stage(stage: Location) -> Manifest:
     manifest = read_manifest(stage)
     fs, root = stage.filesystem()
     for entry in manifest.files:
+        _check_entry(manifest.stage, entry.path)
         path = posixpath.join(root, entry.path)
         if not fs.exists(path):
             raise ManifestMismatchError(f"{stage.url}: {entry.path} listed but missing")
@@ -552,16 +612,35 @@ def verify_stage(stage: Location) -> Manifest:
 def published_files(stage: Location, prefix: str = "", suffix: str = "") -> list[Location]:
     """The files a stage's manifest lists (optionally under `prefix`), in order."""
     manifest = read_manifest(stage)
-    return [stage / e.path for e in manifest.files
+    return [_entry_location(stage, manifest, e.path) for e in manifest.files
             if e.path.startswith(prefix) and e.path.endswith(suffix)]
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def run_id_problem(run_id: Any) -> str | None:
+    """Why `run_id` cannot name a run (None when it can): a run id is one folder name
+    under `<root>/runs/`, so only letters, digits, '.', '_' and '-', and not '.' or '..'
+    (a '/' or '..' would put the run, and the folders publish replaces, elsewhere)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
+        return (f"{run_id!r} is not a valid run id: use letters, digits, '.', '_' and '-' "
+                "only (not '.' or '..')")
+    return None
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The run layout: `<root>/runs/<run_id>/...`, each place a `Location`."""
+    """The run layout: `<root>/runs/<run_id>/...`, each place a `Location`; ValueError
+    for a run id that would leave `<root>/runs/` (`run_id_problem`)."""
 
     root: Location
     run_id: str
+
+    def __post_init__(self) -> None:
+        problem = run_id_problem(self.run_id)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def run(self) -> Location:
