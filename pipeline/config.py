@@ -5,7 +5,8 @@ plus dotted overrides and validates everything in one pass: every unknown key, w
 and out-of-range value is collected and reported together in one `ConfigError`, before any
 Spark or Ray work starts. Secrets never live in the config itself: fields name the
 environment variable that holds them (`*_env`), and `to_dict(redact=True)` also masks any
-field marked secret or any mapping key that looks like a credential.
+field marked secret, any field or mapping key that names a credential and any value that
+carries one (`pipeline/redact.py`: S3, GCS and Azure spellings, fsspec and Spark's).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import yaml
 
 from pipeline.config_checks import check_values
 from pipeline.config_convert import apply_overrides, build_dataclass, deep_copy
+from pipeline.redact import secret_key, secret_value
 from pipeline.storage import Location
 
 REDACTED = "***"
-_SECRET_KEY_WORDS = ("secret", "password", "token", "credential", "access_key", "key_id")
 
 
 class ConfigError(ValueError):
@@ -368,11 +369,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def _looks_secret(name: str) -> bool:
-    lowered = name.lower()
-    # `*_env` fields name a variable, they do not hold its value; "tokens" is a count
-    # (evaluate.max_new_tokens), not a credential.
-    words = lowered.replace("tokens", "")
-    return not lowered.endswith("_env") and any(w in words for w in _SECRET_KEY_WORDS)
+    # Judged by its words (pipeline/redact.py): `*_env` fields name a variable, they do
+    # not hold its value; "tokens" is a count (evaluate.max_new_tokens), not a credential.
+    return secret_key(name)
+
+
+def _secret_text(value: Any) -> bool:
+    return isinstance(value, str) and secret_value(value)
 
 
 def to_dict(obj: Any, redact: bool = True) -> Any:
@@ -381,16 +384,20 @@ def to_dict(obj: Any, redact: bool = True) -> Any:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            secret = f.metadata.get("secret", False) or _looks_secret(f.name)
+            secret = (f.metadata.get("secret", False) or _looks_secret(f.name)
+                      or _secret_text(value))
             out[f.name] = REDACTED if (redact and secret and value) else to_dict(value, redact)
         return out
     if isinstance(obj, Mapping):
         return {
-            str(k): REDACTED if (redact and _looks_secret(str(k))) else to_dict(v, redact)
+            str(k): REDACTED if (redact and (_looks_secret(str(k)) or _secret_text(v)))
+            else to_dict(v, redact)
             for k, v in obj.items()
         }
-    if isinstance(obj, tuple):
-        return [to_dict(v, redact) for v in obj]
+    if isinstance(obj, (tuple, list)):
+        # e.g. spark.submit_args: ["--conf", "spark.hadoop.fs.s3a.secret.key=..."]
+        return [REDACTED if (redact and _secret_text(v)) else to_dict(v, redact)
+                for v in obj]
     return obj
 
 
