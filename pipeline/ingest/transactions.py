@@ -72,8 +72,11 @@ CURATED_DDL = ("txn_id string, account_token string, card_token string, amount d
                "currency string, ts timestamp, merchant string, mcc string, country string, "
                "is_fraud boolean, source string, content_hash string")
 TOKEN_HEX_CHARS = 32
-# Used only in local mode when the key variable is unset; tokens made with it are not secret.
+# Used only for generated sample data (`pipeline synth`) when the key variable is unset or
+# empty; it is public, so tokens made with it are not secret.
 DEV_HMAC_KEY = b"pipeline-local-development-hmac-key-NOT-SECRET"
+# A shorter key is a placeholder or a typo, not a secret (HMAC-SHA256 wants 32 random bytes).
+MIN_HMAC_KEY_BYTES = 16
 _BLOCK = 64  # SHA-256 block size in bytes
 _DECIMAL_MAX = Decimal("9999999999999999.99")  # the largest decimal(18,2)
 _ACCOUNT_MASK = "[ACCOUNT]"
@@ -89,21 +92,41 @@ class CsvHeaderError(ValueError):
     """A CSV file whose header does not name the expected columns in the expected order."""
 
 
-def resolve_hmac_key(cfg: TransactionInputConfig, local_mode: bool) -> bytes:
+def uses_sample_data(cfg: TransactionInputConfig) -> bool:
+    """True when the transactions come from the synth stage (`pipeline synth`): no
+    `inputs.transactions.paths` configured, so ingest reads the generated sample data."""
+    return not cfg.paths
+
+
+def resolve_hmac_key(cfg: TransactionInputConfig, sample_data: bool) -> bytes:
     """The HMAC key: the UTF-8 bytes of the variable named by `cfg.hmac_key_env`.
 
-    When it is unset, local mode gets `DEV_HMAC_KEY` with a warning (its tokens are not
-    secret); any other mode raises. The key itself is never logged."""
-    value = env_secret(cfg.hmac_key_env)
-    if value:
-        return value.encode("utf-8")
-    if local_mode:
-        log.warning("environment variable %s is not set: using the fixed development HMAC key;"
-                    " card and account tokens are NOT secret (set %s for real data)",
-                    cfg.hmac_key_env, cfg.hmac_key_env)
+    An unset or empty (or blank) variable gets the public `DEV_HMAC_KEY` only for generated
+    sample data (`sample_data`, see `uses_sample_data`), with a warning; for any configured
+    input it raises, naming the variable, whatever the Spark master: a real card number
+    tokenized with a public key is brute-forced in minutes. A key shorter than
+    `MIN_HMAC_KEY_BYTES` (a placeholder such as REPLACE_ME) is refused too. The key itself
+    is never logged."""
+    var = cfg.hmac_key_env
+    value = env_secret(var)
+    if value is not None and value.strip():
+        key = value.encode("utf-8")
+        if len(key) < MIN_HMAC_KEY_BYTES:
+            raise RuntimeError(
+                f"environment variable {var} holds a {len(key)}-byte HMAC key; card/account "
+                f"tokens need a secret of at least {MIN_HMAC_KEY_BYTES} bytes (e.g. "
+                "`openssl rand -hex 32`; inputs.transactions.hmac_key_env)")
+        return key
+    if sample_data:
+        log.warning("environment variable %s is not set: using the public development HMAC "
+                    "key for the generated sample data; card and account tokens are NOT "
+                    "secret (set %s for real data)", var, var)
         return DEV_HMAC_KEY
-    raise RuntimeError(f"environment variable {cfg.hmac_key_env} is not set; it must hold the "
-                       "secret key for card/account tokens (inputs.transactions.hmac_key_env)")
+    raise RuntimeError(
+        f"environment variable {var} is not set (or empty); it must hold the secret key for "
+        "card/account tokens when inputs.transactions.paths names real data (the public "
+        "development key is used only for `pipeline synth` sample data; "
+        "inputs.transactions.hmac_key_env)")
 
 
 def hmac_key_id(key: bytes) -> str:

@@ -33,19 +33,25 @@ def _inputs(cfg: PipelineConfig) -> TransactionInputConfig:
 
 
 def _ingest(req: IngestRequest) -> Any:
-    from pipeline.ingest.transactions import ingest_transactions, resolve_hmac_key
+    from pipeline.ingest.transactions import (
+        ingest_transactions,
+        resolve_hmac_key,
+        uses_sample_data,
+    )
 
-    key = resolve_hmac_key(req.cfg.inputs.transactions, local_mode=req.local_mode)
+    t = req.cfg.inputs.transactions
+    key = resolve_hmac_key(t, sample_data=uses_sample_data(t))
     return ingest_transactions(req.spark, req.cfg.inputs.transactions, req.inputs, key)
 
 
 def _key_parts(cfg: PipelineConfig) -> Mapping[str, Any]:
-    """Tokens change when the HMAC key does: its non-secret id is part of the cache key."""
-    from pipeline.ingest.transactions import hmac_key_id, resolve_hmac_key
+    """Tokens change when the HMAC key does: its non-secret id is part of the cache key.
+    Resolved by the same rule as `_ingest` (sample data or not, never the Spark master), so
+    the id describes the key the ingest uses."""
+    from pipeline.ingest.transactions import hmac_key_id, resolve_hmac_key, uses_sample_data
 
-    local = cfg.spark.master.startswith("local")
-    return {"hmac_key_id": hmac_key_id(resolve_hmac_key(cfg.inputs.transactions,
-                                                        local_mode=local))}
+    t = cfg.inputs.transactions
+    return {"hmac_key_id": hmac_key_id(resolve_hmac_key(t, sample_data=uses_sample_data(t)))}
 
 
 def _dedup(spark: SparkSession, curated: DataFrame, cfg: PipelineConfig) -> DedupOutput:

@@ -227,16 +227,16 @@ def test_currency_list() -> None:
 def test_resolve_hmac_key(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
                           ) -> None:
     cfg = TransactionInputConfig(hmac_key_env="TEST_TXN_HMAC_KEY")
-    monkeypatch.setenv("TEST_TXN_HMAC_KEY", "s3cr3t-value")
+    monkeypatch.setenv("TEST_TXN_HMAC_KEY", "s3cr3t-value-0123456789")
     with caplog.at_level(logging.DEBUG):
-        assert resolve_hmac_key(cfg, local_mode=False) == b"s3cr3t-value"
+        assert resolve_hmac_key(cfg, sample_data=False) == b"s3cr3t-value-0123456789"
     assert "s3cr3t" not in caplog.text
     monkeypatch.delenv("TEST_TXN_HMAC_KEY")
     with caplog.at_level(logging.WARNING, logger="pipeline.ingest.transactions"):
-        assert resolve_hmac_key(cfg, local_mode=True) == DEV_HMAC_KEY
+        assert resolve_hmac_key(cfg, sample_data=True) == DEV_HMAC_KEY
     assert "TEST_TXN_HMAC_KEY" in caplog.text and "NOT secret" in caplog.text
     with pytest.raises(RuntimeError, match="TEST_TXN_HMAC_KEY"):
-        resolve_hmac_key(cfg, local_mode=False)
+        resolve_hmac_key(cfg, sample_data=False)
 
 
 @pytest.mark.unit
