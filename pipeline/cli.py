@@ -101,13 +101,14 @@ def _selection(stages: list[Stage], args: argparse.Namespace) -> list[str] | Non
 def _show_plan(cfg: PipelineConfig, stages: list[Stage], selected: list[str] | None,
                as_json: bool = False) -> int:
     from pipeline.orchestrator.display import out, plan_footer, plan_table
-    from pipeline.orchestrator.plan import plan, run_id_of
+    from pipeline.orchestrator.plan import plan, run_id_of, run_paths
 
     entries = plan(cfg, stages, selected)
     if as_json:
         print(json.dumps([e.to_dict() for e in entries], indent=2, sort_keys=True))
     else:
-        out.print(plan_table(run_id_of(cfg), entries))
+        out.print(plan_table(run_id_of(cfg), entries, run_url=run_paths(cfg).run_url,
+                             width=out.width))
         out.print(plan_footer(entries), soft_wrap=True)
     # Exit as `pipeline run` would before starting: 2 when a selected stage is blocked.
     return 2 if any(e.decision == "blocked" for e in entries) else 0

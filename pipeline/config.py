@@ -23,7 +23,7 @@ import yaml
 from pipeline.config_checks import check_values
 from pipeline.config_convert import apply_overrides, build_dataclass, deep_copy
 from pipeline.redact import secret_key, secret_value
-from pipeline.storage import Location
+from pipeline.storage import Location, to_url
 
 REDACTED = "***"
 
@@ -344,13 +344,22 @@ class PipelineConfig:
 
 
 def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Build and validate a `PipelineConfig`; raises one `ConfigError` listing every problem."""
+    """Build and validate a `PipelineConfig`; raises one `ConfigError` listing every problem.
+
+    A relative local `storage.root` (the default `file://./data`, or a bare path) is
+    resolved here, once, against this process's working directory: every job spec, run.json
+    and Spark or Ray worker then sees the same absolute URL (a Ray job would otherwise
+    resolve it against its own working directory, `runtime_resources/.../_ray_pkg_*`)."""
     merged: dict[str, Any] = deep_copy(data)
     problems = apply_overrides(merged, overrides)
     cfg = build_dataclass(PipelineConfig, merged, "", problems)
     problems.extend(check_values(cfg))
     if problems:
         raise ConfigError(problems)
+    root = cfg.storage.root
+    if "://" not in root or root.startswith("file://"):
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage,
+                                                                   root=to_url(root)))
     return cfg
 
 

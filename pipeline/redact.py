@@ -85,3 +85,12 @@ def secret_value(value: str) -> bool:
         return True  # e.g. a service account's JSON ("private_key": ...) as a string
     pair = _PAIR.fullmatch(value)
     return bool(pair and pair.group(2).strip() and secret_key(pair.group(1)))
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to print: a password in it (`user:pw@`) and a query that carries a
+    credential (`?sig=...`) are masked; any other URL is returned as is."""
+    if not secret_value(url):
+        return url
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]*@", r"\1***@", url)
+    return re.sub(r"\?.*$", "?***", url)

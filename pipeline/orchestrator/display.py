@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -24,6 +25,7 @@ from pipeline.orchestrator.lineage import Chain
 from pipeline.orchestrator.plan import PlanEntry
 from pipeline.orchestrator.runner import StageOutcome
 from pipeline.orchestrator.status import RunStatus
+from pipeline.redact import redact_url
 
 out = Console(highlight=False)
 
@@ -100,19 +102,44 @@ def summary_table(run_id: str, outcomes: Sequence[StageOutcome]) -> Table:
     return table
 
 
-def plan_table(run_id: str, entries: Sequence[PlanEntry]) -> Table:
-    """What `pipeline plan` shows: each stage's decision, why, and its input sizes."""
-    table = Table(title=f"plan of run {run_id}", title_justify="left")
-    for column in ("stage", "decision", "reason", "input files", "input bytes", "input rows"):
+#: below this many columns the plan's reason goes under the stage name (see `plan_table`)
+PLAN_WIDE_COLUMNS = 120
+
+
+def plan_table(run_id: str, entries: Sequence[PlanEntry], run_url: str = "",
+               width: int | None = None) -> Table:
+    """What `pipeline plan` shows: each stage's decision, why, and its input sizes, with
+    the run's folder (`run_url`) under the table.
+
+    `width`: the console's columns. From `PLAN_WIDE_COLUMNS` up the reason has a column
+    of its own; a narrower console (80 columns: many terminals, any pipe) would squeeze it
+    to a few characters, one word per line, so there the reason goes on its own lines
+    under the stage name, across the width that the input files column gave back."""
+    wide = width is None or width >= PLAN_WIDE_COLUMNS
+    table = Table(title=f"plan of run {run_id}", title_justify="left",
+                  caption=f"run folder: {redact_url(run_url)}" if run_url else None,
+                  caption_justify="left")
+    columns = (("stage", "decision", "reason", "input files", "input bytes", "input rows")
+               if wide else ("stage / reason", "decision", "input bytes", "input rows"))
+    for column in columns:
         table.add_column(column, overflow="fold", no_wrap=column in ("stage", "decision"),
-                         justify="right" if column.startswith("input") else "left")
+                         justify="right" if column.startswith("input") else "left",
+                         ratio=1 if column in ("reason", "stage / reason") else None)
     for e in entries:
         known = [i.files for i in e.inputs if i.files is not None]
         n_files = "" if not e.inputs else (f"{sum(known):,}" if len(known) == len(e.inputs)
                                            else "?")
         n_bytes = "" if not e.inputs else human_bytes(e.input_bytes)
         rows = "" if not e.inputs or e.input_rows is None else f"{e.input_rows:,}"
-        table.add_row(e.stage, _state(e.decision), escape(e.reason), n_files, n_bytes, rows)
+        if wide:
+            table.add_row(e.stage, _state(e.decision), escape(e.reason), n_files, n_bytes,
+                          rows)
+        else:
+            # The reason indented under the name, so wrapped lines still read as its own.
+            cell: RenderableType = Text(e.stage, style="bold")
+            if e.reason:
+                cell = Group(cell, Padding(Text(e.reason, style="dim"), (0, 0, 0, 2)))
+            table.add_row(cell, _state(e.decision), n_bytes, rows)
     return table
 
 
