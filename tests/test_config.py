@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_defaults_are_valid() -> None:
     cfg = load_config(None)
-    assert cfg == PipelineConfig()
+    # Only the relative default root differs: it is resolved at load (issue 13, item 15).
+    default = PipelineConfig()
+    assert cfg == dataclasses.replace(default, storage=dataclasses.replace(
+        default.storage, root=f"file://{Path.cwd().resolve()}/data"))
     assert cfg.split.train + cfg.split.val + cfg.split.test == pytest.approx(1.0)
 
 
