@@ -15,7 +15,6 @@ the job's secrets come from the environment of the cluster's processes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import threading
@@ -23,13 +22,13 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from pipeline.config import RayConfig, _looks_secret
 from pipeline.orchestrator.job import job_argv, make_spec, read_result, write_spec
 from pipeline.orchestrator.package import Bundle, build_bundle
 from pipeline.orchestrator.retry import RetryableError
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
+from pipeline.ray_env import is_local_address, warn_if_plaintext
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -58,17 +57,6 @@ class RayJobConnectionError(RetryableError, ConnectionError):
     """The Jobs API could not be reached: transient, the orchestrator may retry."""
 
 
-def is_local_address(address: str) -> bool:
-    """True for localhost and 127.0.0.0/8 (or ::1), with or without a scheme or port."""
-    host = urlsplit(address if "://" in address else f"http://{address}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: not provably local
-        return False
-
-
 def submission_token(cfg: RayConfig, environ: Mapping[str, str]) -> str | None:
     """The token to send, or None; refuses a non-local address without one."""
     address = cfg.job_address or ""
@@ -78,6 +66,8 @@ def submission_token(cfg: RayConfig, environ: Mapping[str, str]) -> str | None:
             f"refusing to submit a Ray job to {address!r}: it is not a local address "
             f"(127.0.0.0/8) and token authentication is not configured; set the cluster's "
             f"token in the environment variable {cfg.auth_token_env} (ray.auth_token_env)")
+    if token is not None:
+        warn_if_plaintext(address, f"Ray token ({cfg.auth_token_env})")
     return token
 
 
