@@ -6,6 +6,15 @@ so neither data/, .venv nor .git is ever uploaded. Its logs are streamed into ou
 while we wait; a failed or stopped job raises with the job id, Ray's status message and
 the log tail; losing the connection raises the orchestrator's retryable error.
 
+One job per stage at a time: each attempt's submission id is derived from its spec
+(`pipeline-<run>-<stage>-<attempt>`), and the spec is written before the job is submitted.
+Before submitting, every earlier attempt of the stage whose spec exists and which wrote no
+result is looked up by its submission id: one still running is stopped and waited for, and
+while an earlier job's state cannot be learned (the Jobs API does not answer) no new job
+is submitted (`RayJobStateUnknownError`, retryable: the next attempt asks again). Every
+request to the Jobs API has a timeout (`REQUEST_TIMEOUT_S`), so a stalled connection
+counts as a failed poll instead of blocking forever.
+
 Security: the Ray token (from the variable named by `ray.auth_token_env`) is sent as an
 HTTP header when it is set, and a job is never submitted to an address outside
 127.0.0.0/8 without it. The runtime_env carries only a whitelist of non-secret settings;
@@ -24,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import RayConfig, _looks_secret
-from pipeline.orchestrator.job import job_argv, make_spec, read_result, write_spec
+from pipeline.orchestrator.job import JobSpec, job_argv, make_spec, read_result, write_spec
 from pipeline.orchestrator.package import Bundle, build_bundle
 from pipeline.orchestrator.retry import RetryableError
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
@@ -43,6 +52,10 @@ TAIL_LINES = 40
 POLL_S = 1.0
 # Consecutive failed status polls (about one per second) before the connection is lost.
 MAX_POLL_FAILURES = 15
+# (connect, read) timeout of every Jobs API request, in seconds (the SDK sets none).
+REQUEST_TIMEOUT_S = (10.0, 60.0)
+# How long to wait for an earlier attempt's job to end after asking it to stop.
+STOP_WAIT_S = 120.0
 
 
 class InsecureJobAddressError(ValueError):
@@ -55,6 +68,15 @@ class RayJobFailed(RuntimeError):
 
 class RayJobConnectionError(RetryableError, ConnectionError):
     """The Jobs API could not be reached: transient, the orchestrator may retry."""
+
+
+class RayJobStateUnknownError(RayJobConnectionError):
+    """An earlier attempt's job may still be running and its state cannot be learned: no
+    new job is submitted beside it (retryable: the next attempt asks again)."""
+
+
+class RayJobStillRunningError(RetryableError, RuntimeError):
+    """An earlier attempt's job did not end within STOP_WAIT_S of being asked to stop."""
 
 
 def submission_token(cfg: RayConfig, environ: Mapping[str, str]) -> str | None:
@@ -95,16 +117,105 @@ def job_entrypoint(cfg: RayConfig, bundle: Bundle, job_args: Sequence[str]) -> s
                                               *job_args))
 
 
-def _client(cfg: RayConfig, token: str | None) -> JobSubmissionClient:
+def _request_errors() -> tuple[type[BaseException], ...]:
+    """What a Jobs API call raises when the server cannot be reached or does not answer in
+    time (requests' Timeout is no ConnectionError, hence the whole RequestException)."""
     import requests
+
+    return (ConnectionError, TimeoutError, requests.exceptions.RequestException)
+
+
+def timed_client_class() -> type[JobSubmissionClient]:
+    """JobSubmissionClient whose every HTTP request carries `REQUEST_TIMEOUT_S`.
+
+    The SDK sends all its calls (version check, submit, package upload, status, stop,
+    info, logs) through `_do_request`, which passes extra keywords on to
+    `requests.request`; this subclass adds the timeout there."""
     from ray.job_submission import JobSubmissionClient
 
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", REQUEST_TIMEOUT_S)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
+def _client(cfg: RayConfig, token: str | None) -> JobSubmissionClient:
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(cfg.job_address, headers=headers)
-    except (ConnectionError, requests.exceptions.ConnectionError) as exc:
+        return timed_client_class()(cfg.job_address, headers=headers)
+    except _request_errors() as exc:
         raise RayJobConnectionError(f"cannot reach the Ray Jobs API at {cfg.job_address}: "
                                     f"{exc}") from exc
+
+
+def submission_id_of(run_id: str, stage: str, attempt: str) -> str:
+    """The Ray submission id of one attempt of `stage` in run `run_id`."""
+    return f"pipeline-{run_id}-{stage.replace('/', '-')}-{attempt}"
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    # The SDK reports an unknown submission id only through its message.
+    return isinstance(exc, RuntimeError) and "status code 404" in str(exc)
+
+
+def _earlier_attempts(spec: JobSpec) -> list[str]:
+    """Attempts of this stage, other than `spec`'s, whose spec was written (so a job may
+    have been submitted) and whose result was not (so it may not have finished)."""
+    folder = spec.spec_location.parent
+    names = {f.name for f in folder.files() if f.parent.url == folder.url}
+    return sorted(n[: -len(".spec.json")] for n in names
+                  if n.endswith(".spec.json") and n != f"{spec.attempt}.spec.json"
+                  and f"{n[: -len('.spec.json')]}.json" not in names)
+
+
+def settle_earlier_jobs(client: JobSubmissionClient, spec: JobSpec, address: str,
+                        sleep: Any = time.sleep, clock: Any = time.monotonic) -> None:
+    """Make sure no earlier attempt of `spec`'s stage still runs on the cluster: stop and
+    wait for one that does; raise when that cannot be made sure of."""
+    from ray.job_submission import JobStatus
+
+    errors = _request_errors()
+    stopping_errors: tuple[type[BaseException], ...] = (*errors, RuntimeError)
+    for attempt in _earlier_attempts(spec):
+        sid = submission_id_of(spec.run_id, spec.stage, attempt)
+        unknown = (f"cannot tell whether the earlier Ray job {sid} of stage {spec.stage} "
+                   f"is still running (the Jobs API at {address} did not answer")
+        try:
+            status = client.get_job_status(sid)
+        except errors as exc:
+            raise RayJobStateUnknownError(
+                f"{unknown}: {exc}); not submitting another job that would write the same "
+                f"outputs. Check it with `ray job status {sid} --address {address}` (stop "
+                "it with `ray job stop`) or wait for the API to answer, then rerun") from exc
+        except RuntimeError as exc:
+            if _is_not_found(exc):
+                continue  # never submitted (or the cluster no longer knows it)
+            raise RayJobStateUnknownError(f"{unknown} usefully: {exc})") from exc
+        if status.is_terminal():
+            continue
+        log.warning("earlier Ray job %s of stage %s is still %s: stopping it before "
+                    "submitting attempt %s", sid, spec.stage, status.value, spec.attempt)
+        deadline = clock() + STOP_WAIT_S
+        try:
+            client.stop_job(sid)
+            while not status.is_terminal():
+                if clock() > deadline:
+                    raise RayJobStillRunningError(
+                        f"earlier Ray job {sid} of stage {spec.stage} is still "
+                        f"{status.value} {STOP_WAIT_S:.0f} s after it was asked to stop; "
+                        "not submitting another job beside it")
+                sleep(POLL_S)
+                status = client.get_job_status(sid)
+        except RayJobStillRunningError:
+            raise
+        except stopping_errors as exc:
+            raise RayJobStateUnknownError(
+                f"{unknown} while it was being stopped: {exc}); not submitting another "
+                f"job. Check it with `ray job status {sid} --address {address}`") from exc
+        if status != JobStatus.STOPPED:
+            log.info("earlier Ray job %s ended %s", sid, status.value)
 
 
 def _stream_logs(client: JobSubmissionClient, job_id: str, prefix: str,
@@ -123,15 +234,14 @@ def _stream_logs(client: JobSubmissionClient, job_id: str, prefix: str,
 
 
 def _wait(client: JobSubmissionClient, job_id: str, timeout_s: float | None) -> Any:
-    import requests
-
+    errors = _request_errors()
     started = time.monotonic()
     failures = 0
     while True:
         try:
             status = client.get_job_status(job_id)
             failures = 0
-        except (ConnectionError, requests.exceptions.ConnectionError) as exc:
+        except errors as exc:
             failures += 1
             if failures >= MAX_POLL_FAILURES:
                 raise RayJobConnectionError(f"lost the Ray Jobs API while waiting for job "
@@ -154,16 +264,19 @@ def run_ray_job(stage: Stage, ctx: StageContext,
     token = submission_token(cfg, environ)
     bundle = build_bundle()
     spec = make_spec(stage, ctx)
-    spec_url = write_spec(spec)
     client = _client(cfg, token)
-    submission_id = f"pipeline-{spec.run_id}-{stage.name.replace('/', '-')}-{spec.attempt}"
+    settle_earlier_jobs(client, spec, str(cfg.job_address))
+    # Written before the submission: if the submit call fails after the server took the
+    # job, the next attempt still finds this attempt's submission id.
+    spec_url = write_spec(spec)
+    submission_id = submission_id_of(spec.run_id, stage.name, spec.attempt)
     try:
         job_id = client.submit_job(entrypoint=job_entrypoint(cfg, bundle,
                                                              job_argv(spec, spec_url)),
                                    runtime_env=job_runtime_env(cfg, bundle, environ),
                                    submission_id=submission_id,
                                    metadata={"stage": stage.name, "run_id": spec.run_id})
-    except ConnectionError as exc:
+    except _request_errors() as exc:
         raise RayJobConnectionError(f"cannot submit to {cfg.job_address}: {exc}") from exc
     prefix = f"[ray job {job_id}]"
     log.info("%s submitted stage %s to %s (package %s)", prefix, stage.name, cfg.job_address,
