@@ -147,7 +147,12 @@ class _Store:
 
     def create(self, body: bytes) -> bool:
         try:
-            self.fs.pipe_file(self.path, body, mode="create")
+            try:
+                self.fs.pipe_file(self.path, body, mode="create")
+            except TypeError:  # an implementation without `mode`
+                if self.fs.exists(self.path):
+                    return False
+                self.fs.pipe_file(self.path, body)
         except FileExistsError:
             return False
         # No atomic create here: whoever wrote last wins, so read back, let a racing
@@ -306,13 +311,15 @@ class _S3Store(_Store):
 _WARNED: set[str] = set()
 
 
-def _store_for(lock: Location, settle_s: float) -> _Store:
+def _store_for(lock: Location, settle_s: float, warn: bool = False) -> _Store:
+    """The lock operations for `lock`'s store; `warn`: say once per protocol when they are
+    only best effort there (a process about to take the lock wants to know)."""
     fs, path = lock.filesystem()
     if lock.is_local:
         return _LocalStore(fs, path, settle_s)
     if lock.protocol in ("s3", "s3a"):
         return _S3Store(fs, path, settle_s)
-    if lock.protocol not in _WARNED:
+    if warn and lock.protocol not in _WARNED:
         _WARNED.add(lock.protocol)
         log.warning("storage %s:// offers the run lock no conditional create: it is best "
                     "effort there (two processes starting the same run id at the same "
@@ -376,7 +383,7 @@ class RunLock:
         # Several heartbeats per stale period, so a slow store never makes a live lock stale.
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(stale_s / 4, 0.05)
         self.clock = clock
-        self.store = _store_for(self.lock, settle_s)
+        self.store = _store_for(self.lock, settle_s, warn=True)
         self.info: LockInfo | None = None
         #: why the lock is no longer ours (set by the heartbeat or `check`), or None
         self.lost: str | None = None
