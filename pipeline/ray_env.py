@@ -118,10 +118,10 @@ def init_ray(cfg: RayConfig, **kwargs: Any) -> None:
     starts a local Ray bound to 127.0.0.1."""
     environ = os.environ
     joining = bool(environ.get("RAY_ADDRESS")) or cfg.address is not None
-    if not joining:
-        # Before `import ray` wherever this is the first import; the raylet and its workers
-        # inherit the environment either way.
-        for key, value in local_ray_env().items():
+    # Before `import ray` wherever this is the first import; the raylet and its workers
+    # inherit the environment either way. Only a local Ray is kept off the outward address.
+    for key, value in local_ray_env().items():
+        if not joining or key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER":
             environ.setdefault(key, value)
     import ray
 
