@@ -92,3 +92,19 @@ def test_joining_a_cluster_sends_the_configured_token(tmp_path: Path) -> None:
     assert out["token_mode"] is True and out["sends_ours"] is True
     assert "sent without encryption to 10.1.2.3:6379" in log
     assert FAKE_TOKEN not in log
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("address", "warned"), [
+    ("http://10.1.2.3:8265", True), ("10.1.2.3:8265", True), ("https://ray.example.com", False),
+    ("http://127.0.0.2:8265", False)])
+def test_token_over_plain_http_to_a_remote_address_is_warned(
+        address: str, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.config import RayConfig
+    from pipeline.orchestrator.backend_ray import submission_token
+
+    cfg = RayConfig(job_address=address)
+    with caplog.at_level("WARNING", logger="pipeline.ray_env"):
+        assert submission_token(cfg, {"RAY_AUTH_TOKEN": FAKE_TOKEN}) == FAKE_TOKEN
+    assert ("sent without encryption" in caplog.text) is warned
+    assert FAKE_TOKEN not in caplog.text

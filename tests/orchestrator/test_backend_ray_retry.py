@@ -212,3 +212,25 @@ def test_every_jobs_api_request_has_a_timeout(monkeypatch: pytest.MonkeyPatch) -
     assert {(m, u.rsplit(":8265", 1)[1]) for m, u, _ in seen} == {
         ("GET", "/api/version"), ("POST", "/api/jobs/pipeline-t-x-1/stop")}
     assert all(t == REQUEST_TIMEOUT_S for _, _, t in seen)  # the SDK alone sends None
+
+
+def test_earlier_job_that_ignores_stop_blocks_the_retry(fake: FakeJobs, tmp_path: Path) -> None:
+    from pipeline.orchestrator.backend_ray import RayJobStillRunningError, settle_earlier_jobs
+    from pipeline.orchestrator.job import make_spec, write_spec
+
+    cfg = _cfg(tmp_path)
+    old = make_spec(_stage(), _ctx(cfg, "hhhhhhhhhhhh"))
+    write_spec(old)
+    sid = submission_id_of("t", "train/text", "hhhhhhhhhhhh")
+    fake.status[sid] = JobStatus.RUNNING
+    fake.stop_job = lambda s: fake.calls.append(("stop", s)) or True  # type: ignore[method-assign]
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += 10.0
+
+    new = make_spec(_stage(), _ctx(cfg, "iiiiiiiiiiii"))
+    with pytest.raises(RayJobStillRunningError, match=rf"{sid} .*still RUNNING 120 s after"):
+        settle_earlier_jobs(fake, new, ADDRESS, sleep=sleep,  # type: ignore[arg-type]
+                            clock=lambda: now[0])
+    assert ("stop", sid) in fake.calls and is_retryable(RayJobStillRunningError("x"))
