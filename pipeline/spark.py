@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 
 from pyspark.sql import SparkSession
@@ -67,3 +68,39 @@ def get_spark(cfg: SparkConfig) -> SparkSession:
     log.info("Spark %s session on master %s with %d shuffle partitions", spark.version,
              spark.sparkContext.master, cfg.shuffle_partitions)
     return spark
+
+
+def stop_spark(spark: SparkSession, timeout_s: float = 30.0) -> None:
+    """Stop `spark` and, when this process launched the JVM (plain `python`, not under
+    spark-submit), also its Py4J gateway and the JVM itself.
+
+    Stopping the session alone leaves the gateway's sockets open, and a forked child
+    (Ray starting its processes with a `preexec_fn`, a fork-mode DataLoader worker) runs
+    Python's after-fork hooks, which finalize Py4J's per-thread connections with
+    `shutdown()` on the sockets it shares with this process: the JVM then resets them,
+    and this process's next Py4J call (a JavaObject's garbage collection) logs a
+    `ConnectionResetError` traceback. With the gateway gone no socket is left to break;
+    a later `get_spark` launches a fresh JVM. Under spark-submit the JVM launched us and
+    owns the gateway, so only the session stops.
+    """
+    from pyspark import SparkContext
+
+    spark.stop()
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    if gateway is None or proc is None:
+        return
+    with SparkContext._lock:
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    gateway.shutdown()  # closes every connection from this side and the callback server
+    if proc.stdin is not None:
+        proc.stdin.close()  # the gateway JVM exits when its stdin closes
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("the Spark JVM (pid %d) did not exit in %.0f s; killing it", proc.pid,
+                    timeout_s)
+        proc.kill()
+        proc.wait()
+    log.info("Spark session, Py4J gateway and JVM stopped")

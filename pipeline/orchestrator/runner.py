@@ -304,6 +304,10 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
                         report_urls(paths.stage(stage.name), found) if found else ()))
                     continue
                 index += 1
+                if stage.kind == "ray" and entry.decision == "run":
+                    # Ray starts (forks) processes: the Spark stages are done, so no Py4J
+                    # socket may stay open for a forked child to break (`stop_spark`).
+                    r.spark.stop()
                 outcome, changed = _carry_out(r, stage, entry, index, total, hook)
                 # _run_stage saves run.json itself; a cached stage may leave it to save.
                 dirty = (dirty or changed) if outcome.state == "cached" else False

@@ -82,9 +82,12 @@ class LazySpark:
         return self.session
 
     def stop(self) -> None:
-        """Stop the session if this object created it; forget it either way."""
+        """Stop the session if this object created it, with its Py4J gateway and JVM
+        (`pipeline.spark.stop_spark`); forget it either way."""
         if self.session is not None and self.owned:
-            self.session.stop()
+            from pipeline.spark import stop_spark
+
+            stop_spark(self.session)
         self.session = None
         self.owned = False
 
