@@ -10,7 +10,9 @@ for the fraud threshold); each returns `(metrics, details)`:
   transactions: roc_auc, pr_auc, threshold, precision, recall, f1 (at the threshold on
   test), val_f1, rows, positives, fraud_rate.
 - `details`: JSON-ready structures for the report: the per-class table and confusion
-  matrix, ROC/PR curve points (at most `curve_points` each), the threshold's origin.
+  matrix, ROC/PR curve points (at most `curve_points` each), the threshold's origin, and
+  `undefined`: {metric: why} for each metric that is NaN (no positives, an empty split),
+  which a failing gate quotes (pipeline.gates).
 
 The fraud decision threshold maximizes F1 on `val` and is then applied to `test`, so the
 test figures at the threshold are not tuned on test. Without validation positives it falls
@@ -42,7 +44,8 @@ def text_figures(test: pa.Table) -> tuple[dict[str, float], dict[str, Any]]:
     """LM figures of the test split from per-document sums."""
     figures = M.lm_metrics(_col(test, "n_bytes"), _col(test, "nll_bits"),
                            _col(test, "eos_nll_bits"))
-    return figures, {}
+    empty = "the test split has no text (no bytes, no tokens)"
+    return figures, {"undefined": undefined_reasons(figures, dict.fromkeys(figures, empty))}
 
 
 def image_figures(test: pa.Table, labels: Sequence[str]
@@ -69,8 +72,15 @@ def image_figures(test: pa.Table, labels: Sequence[str]
     for row in report.per_class():
         for key in ("precision", "recall", "f1"):
             figures[f"{key}.{row['label']}"] = row[key]
+    no_rows = "the test split has no rows with a label the model was trained on"
+    why = dict.fromkeys(("loss", "accuracy", "macro_f1"), no_rows)
+    for label in labels:
+        why[f"precision.{label}"] = f"no test row is predicted as {label!r}"
+        why[f"recall.{label}"] = f"no test row is labelled {label!r}"
+        why[f"f1.{label}"] = f"no test row is labelled or predicted {label!r}"
     details = {"labels": list(labels), "per_class": report.per_class(),
-               "confusion": report.confusion.tolist()}
+               "confusion": report.confusion.tolist(),
+               "undefined": undefined_reasons(figures, why)}
     return figures, details
 
 
@@ -101,10 +111,25 @@ def fraud_figures(test: pa.Table, val: pa.Table | None, curve_points: int = 200
                "f1": at["f1"], "val_f1": val_f1, "rows": float(len(truth)),
                "positives": positives,
                "fraud_rate": positives / len(truth) if len(truth) else math.nan}
+    no_pos = "the test split has no positive labels (no fraud)"
+    why = {"roc_auc": no_pos if not positives else "the test split has no negative labels",
+           "pr_auc": no_pos, "recall": no_pos, "f1": no_pos,
+           "precision": f"no test row scores at or above the threshold {threshold:g}",
+           "val_f1": "the val split has no positive labels (or no rows)",
+           "threshold": "the val split has no positive labels (or no rows)",
+           "fraud_rate": "the test split has no rows"}
     details = {"threshold_source": source,
                "at_threshold": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
+               "undefined": undefined_reasons(figures, why),
                **_curves(scores, truth, curve_points)}
     return figures, details
+
+
+def undefined_reasons(metrics: Mapping[str, float], why: Mapping[str, str]) -> dict[str, str]:
+    """{name: why} for the metrics that are not finite numbers (those `finite_or_none`
+    turns into None); a metric with no sentence in `why` gets a generic one."""
+    return {k: why.get(k, "the figure is not a finite number") for k, v in metrics.items()
+            if not math.isfinite(float(v))}
 
 
 def finite_or_none(metrics: Mapping[str, float]) -> dict[str, float | None]:

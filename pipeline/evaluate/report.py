@@ -41,7 +41,9 @@ def _gates(gates: Sequence[Mapping[str, Any]]) -> H.Html:
         return H.paragraph("No gate applies to this modality's figures.", "muted")
     rows = [[H.Html(f'<span class="{"pass" if g["passed"] else "fail"}">'
                     f'{"pass" if g["passed"] else "FAIL"}</span>'), g["gate"], g["figure"],
-             g["value"], f'{g["op"]} {g["threshold"]:g}'] for g in gates]
+             g["value"] if g["value"] is not None
+             else f'undefined: {g.get("undefined") or "null or NaN"}',
+             f'{g["op"]} {g["threshold"]:g}'] for g in gates]
     return H.table(rows, ["", "gate", "figure", "value", "passes when"])
 
 

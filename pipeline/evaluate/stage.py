@@ -34,7 +34,7 @@ from pipeline.evaluate import inference
 from pipeline.evaluate.figures import finite_or_none
 from pipeline.evaluate.model import best_checkpoint, load_trained
 from pipeline.evaluate.report import write_evaluation_report
-from pipeline.gates import GateResult, QualityGateError, evaluate_gates
+from pipeline.gates import UNDEFINED_KEY, GateResult, QualityGateError, evaluate_gates
 from pipeline.jsonutil import json_clean
 from pipeline.modalities import EvaluationSpec
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
@@ -136,7 +136,10 @@ def run_evaluate(ctx: StageContext, modality: str) -> StageResult:
     labels = list(trained.task_state.get("labels") or [])
     raw, details = ev.figures(predictions, labels, cfg.evaluate.curve_points)
     metrics = finite_or_none(raw)
-    gates = evaluate_gates({"modality": modality, "metrics": metrics}, cfg.gates, gate_specs)
+    # A gate on an undefined (None) metric fails, quoting why it is undefined.
+    why = {f"metrics.{k}": v for k, v in (details.get("undefined") or {}).items()}
+    gates = evaluate_gates({"modality": modality, "metrics": metrics, UNDEFINED_KEY: why},
+                           cfg.gates, gate_specs)
     samples = (ev.samples(cfg, trained, data, predictions["test"])
                if ev.samples is not None else [])
     summary = ev.summary(metrics)
