@@ -40,8 +40,14 @@ class InsecureRayAddressError(ValueError):
 
 
 def local_ray_env() -> dict[str, str]:
-    """Environment that keeps a local Ray (and Ray Train's MASTER_ADDR) on 127.0.0.1."""
-    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    """Environment that keeps a local Ray (and Ray Train's MASTER_ADDR) on 127.0.0.1.
+
+    It also leaves out Ray Train's preemption watcher, an actor (one more process to start
+    per `fit`) that listens for cloud spot-instance notices a single machine never gets.
+    Set before Ray starts, so the Train controller inherits it; a variable the user set
+    wins (`setdefault`)."""
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def is_local_address(address: str) -> bool:
