@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.config_checks import check_values
 from pipeline.config_convert import apply_overrides, build_dataclass, deep_copy
+from pipeline.config_transactions import DEFAULT_SCHEMA, TransactionSchemaConfig
 from pipeline.redact import secret_key, secret_value
 from pipeline.storage import Location, to_url
 
@@ -86,6 +87,17 @@ class TransactionInputConfig:
     # Name of the environment variable that holds the HMAC key for card/account tokens.
     hmac_key_env: str = "PIPELINE_HMAC_KEY"
     max_amount: float = 10_000_000.0
+    # Amounts must be > 0 (None), or >= min_amount (0 for tables with zero amounts, a
+    # negative bound for statements that book debits as negative amounts).
+    min_amount: float | None = None
+    # The table's format and a column per role (pipeline.config_transactions, docs/
+    # inputs.md); None: the sample data's 10-column format.
+    schema: TransactionSchemaConfig | None = None
+
+    @property
+    def table_schema(self) -> TransactionSchemaConfig:
+        """The declared schema, or the default 10-column one."""
+        return self.schema if self.schema is not None else DEFAULT_SCHEMA
 
 
 @dataclass(frozen=True)

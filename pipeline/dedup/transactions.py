@@ -33,6 +33,7 @@ three, or Spark recomputes the windows once per output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -82,15 +83,22 @@ def _conflict_quarantine(conflicts: DataFrame) -> DataFrame:
     return quarantine_rows(conflicts, STAGE, F.col("source"), F.lit(LABEL_CONFLICT), detail, raw)
 
 
-def transaction_dedup(spark: SparkSession, txns: DataFrame, cfg: DedupConfig) -> TxnDedupResult:
+def transaction_dedup(spark: SparkSession, txns: DataFrame, cfg: DedupConfig, *,
+                      ids_given: bool = True,
+                      retry_keys: Sequence[str] = RETRY_KEYS) -> TxnDedupResult:
     """Deduplicate curated transactions (see the module docstring for the rules).
 
     `txns` has the curated transactions schema. Counts reconcile exactly:
     `txns.count() == kept.count() + duplicates.count() + quarantine.count()`.
+
+    `ids_given=False` (a table whose ids were made from file and line): copies are found by
+    `content_hash` instead of `txn_id`, so exact copies are still dropped (there are no
+    replays to tell apart). `retry_keys`: the columns a retry shares with the attempt
+    before it, those of `RETRY_KEYS` the table has; none means no retry detection.
     """
     del spark  # same signature as the other modalities; everything derives from `txns`
     in_cols = txns.columns
-    by_id = Window.partitionBy("txn_id")
+    by_id = Window.partitionBy("txn_id" if ids_given else "content_hash")
     ordered = by_id.orderBy("ts", "source", "content_hash")
     label = F.coalesce(F.col("is_fraud").cast("int"), F.lit(-1))
     staged = (
@@ -98,6 +106,7 @@ def transaction_dedup(spark: SparkSession, txns: DataFrame, cfg: DedupConfig) ->
         .withColumn("_lab_max", F.max(label).over(by_id))
         .withColumn("_rank", F.row_number().over(ordered))
         .withColumn("_first_hash", F.first("content_hash").over(ordered))
+        .withColumn("_first_id", F.first("txn_id").over(ordered))
     )
     conflict = F.col("_lab_min") != F.col("_lab_max")
     conflicts = (
@@ -111,28 +120,33 @@ def transaction_dedup(spark: SparkSession, txns: DataFrame, cfg: DedupConfig) ->
     firsts = clean.where(F.col("_rank") == 1).select(*in_cols)
 
     # Retry chains over the survivors of step 2.
-    group = Window.partitionBy(*RETRY_KEYS).orderBy("_t", "txn_id")
-    window_us = int(cfg.retry_window_s) * _MICROS
-    keys_present = F.lit(True)
-    for key in RETRY_KEYS:
-        keys_present = keys_present & F.col(key).isNotNull()
-    chained = (
-        firsts.withColumn("_t", F.unix_micros("ts"))
-        .withColumn("_prev_t", F.lag("_t").over(group))
-        .withColumn("_is_retry", keys_present & F.col("_prev_t").isNotNull()
-                    & ((F.col("_t") - F.col("_prev_t")) <= F.lit(window_us)))
-        .withColumn("_head", F.last(F.when(~F.col("_is_retry"), F.col("txn_id")),
-                                    ignorenulls=True).over(
-                                        group.rowsBetween(Window.unboundedPreceding,
-                                                          Window.currentRow)))
-    )
+    keys = list(retry_keys)
+    if keys:
+        group = Window.partitionBy(*keys).orderBy("_t", "txn_id")
+        window_us = int(cfg.retry_window_s) * _MICROS
+        keys_present = F.col("ts").isNotNull()
+        for key in keys:
+            keys_present = keys_present & F.col(key).isNotNull()
+        chained = (
+            firsts.withColumn("_t", F.unix_micros("ts"))
+            .withColumn("_prev_t", F.lag("_t").over(group))
+            .withColumn("_is_retry", keys_present & F.col("_prev_t").isNotNull()
+                        & ((F.col("_t") - F.col("_prev_t")) <= F.lit(window_us)))
+            .withColumn("_head", F.last(F.when(~F.col("_is_retry"), F.col("txn_id")),
+                                        ignorenulls=True).over(
+                                            group.rowsBetween(Window.unboundedPreceding,
+                                                              Window.currentRow)))
+        )
+    else:  # no retry keys in the table: every transaction heads its own chain
+        chained = firsts.withColumn("_is_retry", F.lit(False)).withColumn(
+            "_head", F.col("txn_id"))
     drop = cfg.retry_policy == "drop"
     head_of = chained.select(F.col("txn_id").alias("_kept_txn"), "_head")
-    copies_final = copies.join(head_of, copies["txn_id"] == head_of["_kept_txn"], "inner")
+    copies_final = copies.join(head_of, copies["_first_id"] == head_of["_kept_txn"], "inner")
     copy_rule = F.when(F.col("content_hash") == F.col("_first_hash"), F.lit(RULE_EXACT)) \
         .otherwise(F.lit(RULE_REPLAY))
     duplicates = _duplicates(copies_final, copy_rule,
-                             F.col("_head") if drop else F.col("txn_id"), F.col("_head"))
+                             F.col("_head") if drop else F.col("_first_id"), F.col("_head"))
     if drop:
         duplicates = duplicates.unionByName(_duplicates(
             chained.where("_is_retry"), F.lit(RULE_RETRY), F.col("_head"), F.col("_head")))

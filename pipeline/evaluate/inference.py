@@ -78,10 +78,14 @@ def required_columns(modality: str) -> tuple[str, ...]:
     return (id_column(modality), *evaluation_of(modality).feature_columns)
 
 
-def input_columns(modality: str, available: Any = None) -> list[str]:
-    """Columns to read: the required ones, plus the label when `available` has it (or
+def input_columns(modality: str, available: Any = None,
+                  cfg: PipelineConfig | None = None) -> list[str]:
+    """Columns to read: the required ones (with `cfg`, also those its configuration adds,
+    e.g. declared transaction features), plus the label when `available` has it (or
     always, when `available` is None)."""
     cols = list(required_columns(modality))
+    if cfg is not None:
+        cols += [c for c in evaluation_of(modality).config_columns(cfg) if c not in cols]
     label = evaluation_of(modality).label_column
     if label and (available is None or label in available):
         cols.append(label)
@@ -180,7 +184,8 @@ def image_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str
 
 
 def transaction_scores(trained: TrainedModel, table: pa.Table, chunk: int) -> dict[str, Any]:
-    batch = _numpy(table.select(list(evaluation_of(trained.meta.task).feature_columns)))
+    wanted = [c for c in trained.task.columns if c != "is_fraud"]
+    batch = _numpy(table.select(wanted))
     # The task's raw-row conversion also builds the training target; it is not used here.
     batch["is_fraud"] = np.zeros(table.num_rows, dtype=np.float32)
     scores = []

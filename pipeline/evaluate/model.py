@@ -72,6 +72,9 @@ def build_task(cfg: PipelineConfig, modality: str, task_state: Mapping[str, Any]
     for name in ("pos_weight", "dropout"):
         if name in task_state and hasattr(task, name):
             setattr(task, name, float(task_state[name]))
+    restore = getattr(task, "restore", None)
+    if callable(restore):  # statistics beyond those (the fraud task's standardization)
+        restore(task_state)
     return task
 
 

@@ -91,7 +91,7 @@ def score_splits(modality: str, data: Location, splits: Sequence[str],
     in one pass through the actor pool (one pool start, however many splits)."""
     from pipeline.train.data import read_split
 
-    parts = [read_split(data, split, inference.input_columns(modality)).map_batches(
+    parts = [read_split(data, split, inference.input_columns(modality, cfg=spec.cfg)).map_batches(
                  partial(_tag, split=split), batch_format="pyarrow")
              for split in splits]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -188,6 +188,7 @@ def evaluate_stage(modality: str) -> Stage:
         config_of=lambda cfg: evaluate_config_slice(cfg, modality),
         inputs=(f"train/{modality}", f"dedup/{modality}"),
         enabled=spec.trains,
+        disabled_reason=spec.disabled_reason,
         description=f"score the {modality} model on the test split, report, gates",
         kind="ray",
         factory="pipeline.evaluate.stage:evaluate_stage",

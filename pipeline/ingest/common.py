@@ -76,6 +76,27 @@ def empty_quarantine(df: DataFrame) -> DataFrame:
     return df.sparkSession.createDataFrame([], QUARANTINE_SCHEMA)
 
 
+def one_json_value(line: Column) -> Column:
+    """Spark expression: the VARIANT of `line` when the line is exactly one strict JSON
+    value (whitespace around it allowed); null otherwise.
+
+    Spark's JSON parsers stop after the first value and ignore the rest: `{"a": 1} xyz`
+    parses, and so does `[` + `{"a": 1}] xyz` + `]`, where the line closes a wrapping
+    array early. So the line is parsed as `[<line>,"<n+1 '~'>"]`, n being the line's
+    length: the array must hold exactly two values, the second a string of n+1 characters.
+    Nothing inside the line can supply that string (a string in the line decodes to fewer
+    characters than the line has), and the comma after the line keeps a trailing quote or
+    backslash from reaching into the sentinel. Strict means Spark's `parse_json`: no
+    duplicate keys, NaN/Infinity, single quotes, comments, raw control characters or lone
+    surrogates; numbers of at most 1000 digits; nesting of at most 1000 levels."""
+    n = F.length(line)
+    doc = F.try_parse_json(F.concat(F.lit("["), line, F.lit(',"'),
+                                    F.repeat(F.lit("~"), n + 1), F.lit('"]')))
+    whole = ((F.array_size(doc.try_cast("array<variant>")) == 2)
+             & (F.length(F.try_variant_get(doc, "$[1]", "string")) == n + 1))
+    return F.when(F.coalesce(whole, F.lit(False)), F.try_variant_get(doc, "$[0]", "variant"))
+
+
 def source_with_line(path: Column, line: Column) -> Column:
     """`file:///x/part-000.jsonl:17`: the raw file URI plus a 1-based line/row number."""
     return F.concat(path, F.lit(":"), line.cast("string"))

@@ -130,6 +130,8 @@ class EvaluationSpec:
                       list[dict[str, str]]] | None = None
     #: the prediction columns, in words (batch inference's --help and docs)
     prediction_schema: str = ""
+    #: further input columns that depend on the configuration (declared features)
+    config_columns: Callable[[PipelineConfig], tuple[str, ...]] = lambda cfg: ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class TrainingSpec:
     #: config outside `train` that changes the trained model (e.g. image max_pixels)
     extra_config: Callable[[PipelineConfig], Mapping[str, Any]] = lambda cfg: {}
     evaluation: EvaluationSpec | None = None
+    #: why the configured data cannot train this task (e.g. a table without a label
+    #: column), shown by `pipeline plan`; None when it can
+    unavailable: Callable[[PipelineConfig], str | None] = lambda cfg: None
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,13 @@ class ModalitySpec:
     #: gates on evaluation metrics (the data gates of pipeline.gates apply to all)
     metric_gates: tuple[GateSpec, ...] = ()
 
+    def disabled_reason(self, cfg: PipelineConfig) -> str:
+        """Why `trains(cfg)` is False, for the plan."""
+        why = self.training.unavailable(cfg) if self.training is not None else None
+        if self.name in cfg.modalities and why:
+            return why
+        return "disabled by config"
+
     @property
     def evaluation(self) -> EvaluationSpec | None:
         return self.training.evaluation if self.training is not None else None
@@ -186,4 +198,5 @@ class ModalitySpec:
     def trains(self, cfg: PipelineConfig) -> bool:
         """Whether this run trains the modality (selected and its task enabled)."""
         return (self.name in cfg.modalities and self.training is not None
+                and self.training.unavailable(cfg) is None
                 and self.training.config(cfg).enabled)

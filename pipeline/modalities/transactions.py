@@ -55,9 +55,18 @@ def _key_parts(cfg: PipelineConfig) -> Mapping[str, Any]:
 
 
 def _dedup(spark: SparkSession, curated: DataFrame, cfg: PipelineConfig) -> DedupOutput:
-    from pipeline.dedup.transactions import transaction_dedup
+    from pipeline.config_transactions import ROLE_COLUMNS
+    from pipeline.dedup.transactions import RETRY_KEYS, transaction_dedup
 
-    txn = transaction_dedup(spark, curated, cfg.dedup)
+    schema = cfg.inputs.transactions.table_schema
+    present = {ROLE_COLUMNS[r] for r in schema.mapped}
+    if schema.currency_constant is not None:
+        present.add("currency")
+    # A retry repeats the account and amount at least; other keys count where they exist.
+    keys = ([k for k in RETRY_KEYS if k in present]
+            if {"account_token", "amount", "ts"} <= present else [])
+    txn = transaction_dedup(spark, curated, cfg.dedup, ids_given=schema.id is not None,
+                            retry_keys=keys)
     return DedupOutput(txn.kept, txn.duplicates, txn.quarantine)
 
 
@@ -98,14 +107,42 @@ def _synth(out_dir: Any, scale: float, seed: int) -> Any:
 
 
 def _problems(cfg: PipelineConfig) -> list[str]:
+    from pipeline.config_transactions import schema_problems
+    from pipeline.ingest.currencies import ISO_4217
+
     t = cfg.inputs.transactions
+    out = []
     if t.max_amount <= 0:
-        return [f"inputs.transactions.max_amount: must be > 0, got {t.max_amount}"]
-    return []
+        out.append(f"inputs.transactions.max_amount: must be > 0, got {t.max_amount}")
+    if t.min_amount is not None and t.min_amount >= t.max_amount:
+        out.append(f"inputs.transactions.min_amount: must be < max_amount ({t.max_amount}), "
+                   f"got {t.min_amount}")
+    if t.schema is not None:
+        out += schema_problems(t.schema, "inputs.transactions.schema", frozenset(ISO_4217))
+    return out
 
 
 def _task_config(cfg: PipelineConfig) -> TransactionTaskConfig:
     return cfg.train.transactions
+
+
+def _unavailable(cfg: PipelineConfig) -> str | None:
+    if cfg.inputs.transactions.table_schema.label is None:
+        return ("no label column: inputs.transactions.schema maps no `label`, so the fraud "
+                "model has nothing to learn (the table is still ingested and deduplicated)")
+    return None
+
+
+def _train_extra(cfg: PipelineConfig) -> Mapping[str, Any]:
+    """A declared schema decides the model's inputs: part of the train stage's key."""
+    from pipeline.config import to_dict
+
+    schema = cfg.inputs.transactions.schema
+    return {} if schema is None else {"transactions_schema": to_dict(schema)}
+
+
+def _feature_columns(cfg: PipelineConfig) -> tuple[str, ...]:
+    return tuple(cfg.inputs.transactions.table_schema.feature_columns())
 
 
 def _make_task(cfg: PipelineConfig, labels: Sequence[str] | None) -> Task:
@@ -161,6 +198,8 @@ SPEC = ModalitySpec(
     training=TrainingSpec(
         config=_task_config,
         make_task=_make_task,
+        extra_config=_train_extra,
+        unavailable=_unavailable,
         evaluation=EvaluationSpec(
             feature_columns=("amount", "ts", "mcc", "country", "currency", "velocity_1h",
                              "velocity_24h"),
@@ -171,6 +210,7 @@ SPEC = ModalitySpec(
             headline=("roc_auc", "pr_auc", "threshold", "precision", "recall", "f1",
                       "val_f1", "rows", "positives"),
             label_column="is_fraud",
+            config_columns=_feature_columns,
             # The decision threshold is chosen on val, never on test.
             splits=("val", "test"),
             prediction_schema="txn_id: string, is_fraud: bool (nullable), fraud_score: "

@@ -191,7 +191,7 @@ def plan(cfg: PipelineConfig, stages: Sequence[Stage], selected: Collection[str]
         name = stage.name
         if not stage.enabled(cfg):
             disabled.add(name)
-            entries.append(PlanEntry(name, "disabled", "disabled by config"))
+            entries.append(PlanEntry(name, "disabled", stage.disabled_reason(cfg)))
             continue
         existing, missing_why = published(run.stage(name))
         sizes: list[InputSize] = []

@@ -103,6 +103,8 @@ class Stage:
     config_of: Callable[[PipelineConfig], Any]
     inputs: tuple[str, ...] = ()
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
+    #: why `enabled` is False, shown by the plan
+    disabled_reason: Callable[[PipelineConfig], str] = lambda cfg: "disabled by config"
     description: str = ""
     # Which engine the stage needs, so the orchestrator can pick its backend:
     # "spark" (ingest, dedup: local or spark-submit), "ray" (train, evaluate: local or a

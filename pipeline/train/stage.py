@@ -101,6 +101,7 @@ def train_stage(modality: str) -> Stage:
         config_of=lambda cfg: train_config_slice(cfg, modality),
         inputs=(f"dedup/{modality}",),
         enabled=spec.trains,
+        disabled_reason=spec.disabled_reason,
         description=f"train the {modality} model with Ray Train",
         kind="ray",
         factory="pipeline.train.stage:train_stage",

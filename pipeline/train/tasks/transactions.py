@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,17 +43,68 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import PipelineConfig, TransactionTaskConfig
+from pipeline.config_transactions import TransactionSchemaConfig
 
 HIST_BINS = 200
-#: hashed buckets per categorical field
+#: hashed buckets per categorical role column
 BUCKETS: Mapping[str, int] = {"mcc": 512, "country": 256, "currency": 64}
+#: hashed buckets of each declared categorical feature
+FEATURE_BUCKETS = 1024
 EMBED_DIM = 8
 N_NUMERIC = 1 + 2 + 7 + 2  # amount, hour sin/cos, day of week one-hot, two velocities
-#: what `preprocess` produces (and `to_tensors` then reads)
+#: what `preprocess` produces for the default schema (and `to_tensors` then reads)
 FEATURE_COLUMNS: tuple[str, ...] = (*(f"f{i}" for i in range(N_NUMERIC)),
                                     *(f"bucket_{f}" for f in BUCKETS), "target")
 _US_PER_DAY = 86_400_000_000
 _US_PER_HOUR = 3_600_000_000
+_NAT = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class FraudFeatures:
+    """Which inputs the model has, from the declared table schema: the role-derived
+    features of the roles that are mapped, then the declared features. The default schema
+    gives exactly amount, time, velocities and the mcc/country/currency embeddings."""
+
+    amount: bool = True
+    time: bool = True
+    velocity: bool = True
+    #: (curated column, hashed buckets) of every embedded categorical column
+    categorical: tuple[tuple[str, int], ...] = tuple(BUCKETS.items())
+    #: curated columns of the declared numeric features (standardized)
+    numeric: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, schema: TransactionSchemaConfig) -> FraudFeatures:
+        mapped = set(schema.mapped)
+        has = {"mcc": "mcc" in mapped, "country": "country" in mapped,
+               "currency": schema.has_currency}
+        names = list(schema.feature_columns())
+        n_numeric = len(schema.features.numeric)
+        return cls(amount="amount" in mapped, time="timestamp" in mapped,
+                   velocity={"account", "timestamp"} <= mapped,
+                   categorical=(*((c, n) for c, n in BUCKETS.items() if has[c]),
+                                *((c, FEATURE_BUCKETS) for c in names[n_numeric:])),
+                   numeric=tuple(names[:n_numeric]))
+
+    @property
+    def n_base(self) -> int:
+        """Numeric inputs made from roles (before the declared numeric features)."""
+        return (1 if self.amount else 0) + (9 if self.time else 0) + (
+            2 if self.velocity else 0)
+
+    @property
+    def n_numeric(self) -> int:
+        return self.n_base + len(self.numeric)
+
+    def columns(self) -> tuple[str, ...]:
+        """The curated columns the task reads (the label last)."""
+        roles = [c for c, _ in self.categorical if c in BUCKETS]
+        declared = [c for c, _ in self.categorical if c not in BUCKETS]
+        cols = [*(["amount"] if self.amount else []), *(["ts"] if self.time else []),
+                *roles, *(["velocity_1h", "velocity_24h"] if self.velocity else []),
+                *declared, *self.numeric, "is_fraud"]
+        return tuple(dict.fromkeys(cols))
 
 
 def hash_buckets(values: Any, field: str, buckets: int) -> np.ndarray:
@@ -72,7 +124,7 @@ def hash_buckets_arrow(values: pa.Array | pa.ChunkedArray, field: str, buckets: 
                        ) -> np.ndarray:
     """`hash_buckets` of an Arrow string column, without making Python strings per row:
     dictionary-encode, hash the dictionary, take by the indices."""
-    encoded = pc.dictionary_encode(pc.fill_null(values, ""))
+    encoded = pc.dictionary_encode(pc.fill_null(values.cast(pa.string()), ""))
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks() if encoded.num_chunks != 1 else encoded.chunk(0)
     codes = np.fromiter((zlib.crc32(f"{field}={u}".encode()) % buckets
@@ -82,7 +134,8 @@ def hash_buckets_arrow(values: pa.Array | pa.ChunkedArray, field: str, buckets: 
 
 
 def _micros_utc(ts: Any) -> np.ndarray:
-    """Microseconds since the Unix epoch (UTC) of a timestamp column [B] int64."""
+    """Microseconds since the Unix epoch (UTC) of a timestamp column [B] int64 (NaT and
+    nulls become the int64 minimum)."""
     arr = np.asarray(ts)
     if np.issubdtype(arr.dtype, np.datetime64):
         return arr.astype("datetime64[us]").astype(np.int64)
@@ -91,33 +144,62 @@ def _micros_utc(ts: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def numeric_features(batch: Mapping[str, Any]) -> np.ndarray:
-    """[B, N_NUMERIC] float32: log amount, hour sin/cos, day-of-week one-hot, velocities."""
-    amount = np.asarray(batch["amount"], dtype=np.float64)
-    us = _micros_utc(batch["ts"])
-    hour = (us % _US_PER_DAY) / _US_PER_HOUR
-    angle = hour * (2.0 * math.pi / 24.0)
-    # 1970-01-01 was a Thursday: Monday = 0 after the +3 shift.
-    dow = (us // _US_PER_DAY + 3) % 7
-    out = np.zeros((len(amount), N_NUMERIC), dtype=np.float32)
-    # Fixed scales keep every input near unit range without statistics to store.
-    out[:, 0] = np.log1p(np.maximum(amount, 0.0)) / 5.0
-    out[:, 1] = np.sin(angle)
-    out[:, 2] = np.cos(angle)
-    out[np.arange(len(amount)), 3 + dow] = 1.0
-    out[:, 10] = np.log1p(np.asarray(batch["velocity_1h"], dtype=np.float64)) / 2.0
-    out[:, 11] = np.log1p(np.asarray(batch["velocity_24h"], dtype=np.float64)) / 3.0
+def _floats(values: Any) -> np.ndarray:
+    """A column as float64, nulls as NaN."""
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = np.where(arr == None, np.nan, arr)  # noqa: E711 (elementwise)
+    return arr.astype(np.float64)
+
+
+def numeric_features(batch: Mapping[str, Any], features: FraudFeatures | None = None,
+                     mean: Sequence[float] = (), std: Sequence[float] = ()) -> np.ndarray:
+    """[B, n_numeric] float32: log amount, hour sin/cos, day-of-week one-hot, velocities
+    (those the schema has), then the declared numeric features standardized with `mean`
+    and `std` (train-split statistics). Missing values are 0 (the mean, once
+    standardized)."""
+    features = features or FraudFeatures()
+    n = len(next(iter(batch.values())))
+    out = np.zeros((n, features.n_numeric), dtype=np.float32)
+    k = 0
+    if features.amount:
+        amount = _floats(batch["amount"])
+        # Fixed scales keep every input near unit range without statistics to store.
+        out[:, 0] = np.nan_to_num(np.log1p(np.maximum(amount, 0.0)) / 5.0)
+        k = 1
+    if features.time:
+        us = _micros_utc(batch["ts"])
+        known = us != _NAT
+        hour = (us % _US_PER_DAY) / _US_PER_HOUR
+        angle = hour * (2.0 * math.pi / 24.0)
+        # 1970-01-01 was a Thursday: Monday = 0 after the +3 shift.
+        dow = (us // _US_PER_DAY + 3) % 7
+        out[:, k] = np.where(known, np.sin(angle), 0.0)
+        out[:, k + 1] = np.where(known, np.cos(angle), 0.0)
+        rows = np.flatnonzero(known)
+        out[rows, k + 2 + dow[rows]] = 1.0
+        k += 9
+    if features.velocity:
+        out[:, k] = np.nan_to_num(np.log1p(_floats(batch["velocity_1h"])) / 2.0)
+        out[:, k + 1] = np.nan_to_num(np.log1p(_floats(batch["velocity_24h"])) / 3.0)
+        k += 2
+    for i, column in enumerate(features.numeric):
+        m = mean[i] if i < len(mean) else 0.0
+        s = std[i] if i < len(std) else 1.0
+        out[:, k + i] = np.nan_to_num((_floats(batch[column]) - m) / (s or 1.0))
     return out
 
 
 class FraudMLP(nn.Module):
     """Hashed-category embeddings + numeric features -> 2 hidden layers -> one logit."""
 
-    def __init__(self, hidden: int, dropout: float = 0.1) -> None:
+    def __init__(self, hidden: int, dropout: float = 0.1,
+                 features: FraudFeatures | None = None) -> None:
         super().__init__()
+        features = features or FraudFeatures()
         self.embeddings = nn.ModuleDict(
-            {name: nn.Embedding(n, EMBED_DIM) for name, n in BUCKETS.items()})
-        width = N_NUMERIC + EMBED_DIM * len(BUCKETS)
+            {name: nn.Embedding(n, EMBED_DIM) for name, n in features.categorical})
+        width = features.n_numeric + EMBED_DIM * len(features.categorical)
         self.net = nn.Sequential(
             nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout),
@@ -125,73 +207,111 @@ class FraudMLP(nn.Module):
         )
 
     def forward(self, numeric: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """Logits [B] from numeric [B, N_NUMERIC] and bucket ids [B, len(BUCKETS)]."""
+        """Logits [B] from numeric [B, n_numeric] and bucket ids [B, categorical]."""
         parts = [numeric] + [emb(categories[:, i])
                              for i, emb in enumerate(self.embeddings.values())]
         return self.net(torch.cat(parts, dim=1)).squeeze(1)
 
 
 class FraudTask:
-    """Fraud classifier on the curated transactions (implements pipeline.train.task.Task)."""
+    """Fraud classifier on the curated transactions (implements pipeline.train.task.Task).
+
+    Its inputs follow the declared table schema (`FraudFeatures.of`); the declared numeric
+    features are standardized with the train split's mean and standard deviation, measured
+    once by `prepare` and kept in the task state (so evaluation scores with the same)."""
 
     name: str = "transactions"
-    columns: tuple[str, ...] = ("amount", "ts", "mcc", "country", "currency", "velocity_1h",
-                                "velocity_24h", "is_fraud")
+    #: the default schema's columns (an instance has those of its own schema)
+    columns: tuple[str, ...] = FraudFeatures().columns()
 
     def __init__(self, cfg: TransactionTaskConfig, pos_weight: float = 1.0,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, features: FraudFeatures | None = None) -> None:
         self.cfg = cfg
         self.pos_weight = float(pos_weight)
         self.dropout = dropout
+        self.features = features or FraudFeatures()
+        self.columns: tuple[str, ...] = self.features.columns()
+        self.mean: list[float] = [0.0] * len(self.features.numeric)
+        self.std: list[float] = [1.0] * len(self.features.numeric)
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, labels: Sequence[str] | None = None
                     ) -> FraudTask:
         """Registry factory; `labels` is not used (the target is the `is_fraud` flag)."""
-        return cls(cfg.train.transactions)
+        return cls(cfg.train.transactions,
+                   features=FraudFeatures.of(cfg.inputs.transactions.table_schema))
 
     def prepare(self, read_train: Callable[[Sequence[str]], pa.Table]) -> dict[str, Any]:
         """Driver-side hook, called once before training with a reader of train-split
-        columns: sets `pos_weight` from the fraud rate; returns the figures that belong
-        in the config digest."""
-        flags = read_train(["is_fraud"]).column("is_fraud")
+        columns: sets `pos_weight` from the fraud rate and the standardization of the
+        declared numeric features; returns the figures that belong in the config digest."""
+        table = read_train(["is_fraud", *self.features.numeric])
+        flags = table.column("is_fraud")
         positives = int(pc.sum(flags.cast(pa.int64())).as_py() or 0)
         rate = positives / len(flags) if len(flags) else 0.0
         self.pos_weight = pos_weight_for(rate)
-        return {"fraud_rate": rate, "pos_weight": self.pos_weight, "dropout": self.dropout}
+        state: dict[str, Any] = {"fraud_rate": rate, "pos_weight": self.pos_weight,
+                                 "dropout": self.dropout}
+        if self.features.numeric:
+            for i, column in enumerate(self.features.numeric):
+                values = _floats(table.column(column).to_numpy(zero_copy_only=False))
+                finite = values[np.isfinite(values)]
+                self.mean[i] = float(finite.mean()) if len(finite) else 0.0
+                spread = float(finite.std()) if len(finite) else 0.0
+                self.std[i] = spread if spread > 0 else 1.0
+            state.update({"feature_mean": list(self.mean), "feature_std": list(self.std)})
+        return state
+
+    def restore(self, task_state: Mapping[str, Any]) -> None:
+        """Take back the train-split statistics `prepare` measured (evaluation)."""
+        if "feature_mean" in task_state:
+            self.mean = [float(v) for v in task_state["feature_mean"]]
+            self.std = [float(v) for v in task_state["feature_std"]]
 
     def build_model(self) -> nn.Module:
-        return FraudMLP(self.cfg.hidden, self.dropout)
+        return FraudMLP(self.cfg.hidden, self.dropout, self.features)
+
+    def _categories(self, column: Callable[[str], Any], arrow: bool) -> np.ndarray:
+        cats = [hash_buckets_arrow(column(c), c, n) if arrow else hash_buckets(column(c), c, n)
+                for c, n in self.features.categorical]
+        n_rows = len(column(self.columns[0]))
+        return np.stack(cats, axis=1) if cats else np.zeros((n_rows, 0), dtype=np.int64)
 
     def preprocess(self, table: pa.Table) -> pa.Table:
         """Optional hook run by Ray Data (`map_batches`, in parallel, when the driver reads
         the splits): the features of `to_tensors`, computed on Arrow columns once per row
-        instead of once per row and epoch. Output: FEATURE_COLUMNS only."""
-        raw = {c: table.column(c).to_numpy() for c in ("amount", "ts", "velocity_1h",
-                                                       "velocity_24h")}
-        numeric = numeric_features(raw)
-        cols: dict[str, Any] = {f"f{i}": numeric[:, i] for i in range(N_NUMERIC)}
-        for f, n in BUCKETS.items():
-            cols[f"bucket_{f}"] = hash_buckets_arrow(table.column(f), f, n)
-        cols["target"] = table.column("is_fraud").to_numpy(zero_copy_only=False).astype(
-            np.float32)
+        instead of once per row and epoch. Output: f<i>, bucket_<column>, target."""
+        raw = {c: table.column(c).to_numpy(zero_copy_only=False)
+               for c in self.columns if c not in dict(self.features.categorical)
+               and c != "is_fraud"}
+        raw = raw or {"_rows": np.zeros(table.num_rows)}
+        numeric = numeric_features(raw, self.features, self.mean, self.std)
+        cols: dict[str, Any] = {f"f{i}": numeric[:, i] for i in range(numeric.shape[1])}
+        cats = self._categories(table.column, arrow=True)
+        for i, (c, _) in enumerate(self.features.categorical):
+            cols[f"bucket_{c}"] = cats[:, i]
+        target = pc.fill_null(table.column("is_fraud"), False)
+        cols["target"] = target.to_numpy(zero_copy_only=False).astype(np.float32)
         return pa.table(cols)
 
     def to_tensors(self, batch: Mapping[str, Any], train: bool,
                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """{"numeric": [B, 12] float32, "categories": [B, 3] int64, "target": [B] float32}
-        from raw rows (`columns`) or from rows already through `preprocess`."""
+        """{"numeric": [B, n_numeric] float32, "categories": [B, n_categorical] int64,
+        "target": [B] float32} from raw rows (`columns`) or rows through `preprocess`."""
         if "target" in batch:  # preprocessed: only stack the columns
-            numeric = np.stack([np.asarray(batch[f"f{i}"], np.float32)
-                                for i in range(N_NUMERIC)], axis=1)
-            cats = np.stack([np.asarray(batch[f"bucket_{f}"], np.int64) for f in BUCKETS],
-                            axis=1)
+            n = len(batch["target"])
+            numeric = (np.stack([np.asarray(batch[f"f{i}"], np.float32)
+                                 for i in range(self.features.n_numeric)], axis=1)
+                       if self.features.n_numeric else np.zeros((n, 0), np.float32))
+            cats = (np.stack([np.asarray(batch[f"bucket_{c}"], np.int64)
+                              for c, _ in self.features.categorical], axis=1)
+                    if self.features.categorical else np.zeros((n, 0), np.int64))
             target = np.array(batch["target"], dtype=np.float32)  # a writable copy
         else:
-            numeric = numeric_features(batch)
-            cats = np.stack([hash_buckets(batch[f], f, n) for f, n in BUCKETS.items()],
-                            axis=1)
-            target = np.array(batch["is_fraud"], dtype=np.float32)
+            rows = {c: v for c, v in batch.items()} or {"_rows": np.zeros(0)}
+            numeric = numeric_features(rows, self.features, self.mean, self.std)
+            cats = self._categories(lambda c: batch[c], arrow=False)
+            target = np.nan_to_num(_floats(batch["is_fraud"])).astype(np.float32)
         return {"numeric": torch.from_numpy(numeric), "categories": torch.from_numpy(cats),
                 "target": torch.from_numpy(target)}
 
