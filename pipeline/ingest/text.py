@@ -9,12 +9,17 @@ the two outputs; the checks run in this order and the first that fails names the
 - EMPTY_TEXT / TOO_LONG: the normalized text has fewer than `cfg.min_chars` or more than
   `cfg.max_chars` characters.
 
-Parsing is Spark's own `from_json`, made strict: Spark's JSON reader ignores whatever
-follows the first value on a line (`{"a": 1} xyz` parses), so each line is wrapped as
-`{"v": <line>, "e": <xxhash64 of line>}`. Content after the object breaks the wrapper's
-syntax, or closes it early so that `e` is lost; either way the line is malformed. The text
-field is read as a VARIANT so that its JSON type is known: Spark turns a number or an
-object into a string when the schema says string, and `{"text": 5}` must not pass.
+Parsing is one strict parser, Spark's `parse_json` (VARIANT), through
+`pipeline.ingest.common.one_json_value`: a line is accepted only when it is exactly one
+JSON value and that value is an object. Content after the object (`{"text": "x"} xyz`,
+`{"text": "x"}, "z": 1`, `{"text": "x"}] xyz`, a second object), duplicate keys,
+NaN/Infinity, single quotes, raw control characters, lone surrogates, numbers over 1000
+digits and nesting deeper than 1000 levels are all MALFORMED_JSON. (Spark's JSON parsers
+ignore whatever follows the first value, so a wrapper around the line must be
+unforgeable: an earlier `{"v": <line>, "e": ...}` wrapper let trailing members such as
+`, "v": {...}` replace the record.) The fields come from casting the object to a struct;
+the text field stays a VARIANT so that its JSON type is known: `{"text": 5}` must not pass
+as the string "5". Id and label are cast to strings (a number as its JSON text).
 
 Normalization (`pipeline.textnorm.normalize_text`: NFC, control characters removed,
 whitespace collapsed) needs Unicode NFC, which Spark lacks; it runs as a vectorized Arrow
@@ -33,7 +38,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipeline.config import TextInputConfig
-from pipeline.ingest.common import RAW_MAX_CHARS, IngestResult, quarantine_rows, source_with_line
+from pipeline.ingest.common import (
+    RAW_MAX_CHARS,
+    IngestResult,
+    one_json_value,
+    quarantine_rows,
+    source_with_line,
+)
 from pipeline.ingest.lines import (
     count_nonblank_lines,
     input_roots,
@@ -96,24 +107,15 @@ def normalize_arrow(values: pa.Array) -> pa.Array:
     return pc.utf8_trim(out, " ")
 
 
-def _json_schema(cfg: TextInputConfig) -> T.StructType:
-    fields = {cfg.text_field: T.StructField(cfg.text_field, T.VariantType(), True)}
+def _fields_type(cfg: TextInputConfig) -> str:
+    """The struct type (DDL, names quoted) the line's object is cast to: the text field as
+    a VARIANT (its JSON type is checked), id and label as strings."""
+    fields = {cfg.text_field: "variant"}
     for name in (cfg.id_field, cfg.label_field):
-        fields.setdefault(name, T.StructField(name, T.StringType(), True))
-    return T.StructType([
-        T.StructField("v", T.StructType(list(fields.values())), True),
-        T.StructField("e", T.LongType(), True),
-        T.StructField("_corrupt", T.StringType(), True),
-    ])
-
-
-_JSON_OPTIONS = {
-    "mode": "PERMISSIVE",
-    "columnNameOfCorruptRecord": "_corrupt",
-    # Strict JSON: Spark accepts 'single quotes' and NaN by default.
-    "allowSingleQuotes": "false",
-    "allowNonNumericNumbers": "false",
-}
+        fields.setdefault(name, "string")
+    quoted = ("`" + name.replace("`", "``") + "`" for name in fields)
+    return "struct<" + ", ".join(f"{q}: {t}" for q, t in zip(quoted, fields.values(),
+                                                             strict=True)) + ">"
 
 
 def _as_string(obj: Column, name: str, text_field: str) -> Column:
@@ -129,30 +131,35 @@ def _jsonl_records(spark: SparkSession, cfg: TextInputConfig,
     # is not JSON; strict UTF-8 decoding has already kept it as U+FEFF.
     lines = read_lines(spark, files).select(
         "path", "line", "raw", F.col("text").alias("line_text"),
-        F.regexp_replace(F.col("text"), "^\ufeff+", "").alias("clean"),
-    ).withColumn("h", F.xxhash64("clean"))
-    wrapped = F.concat(F.lit('{"v":'), F.col("clean"), F.lit(',"e":'),
-                       F.col("h").cast("string"), F.lit("}"))
-    parsed = lines.select("path", "line", "raw", "line_text", "h",
-                          F.from_json(wrapped, _json_schema(cfg), _JSON_OPTIONS).alias("j"))
-    j = F.col("j")
-    obj = j.getField("v")
+        F.regexp_replace(F.col("text"), "^\ufeff+", "").alias("clean"))
+    # The line's one JSON value (null when it is not exactly one strict value).
+    parsed = lines.select("path", "line", "raw", "line_text",
+                          one_json_value(F.col("clean")).alias("value"))
+    parsed = parsed.select(
+        "*", F.schema_of_variant(F.col("value")).alias("value_kind"),
+        F.try_variant_get(F.col("value"), "$", _fields_type(cfg)).alias("obj"))
+    value_kind = F.col("value_kind")
+    obj = F.col("obj")
     field = obj.getField(cfg.text_field)
     kind = F.schema_of_variant(field)
-    malformed = (j.getField("_corrupt").isNotNull()
-                 | ~F.coalesce(j.getField("e") == F.col("h"), F.lit(False)) | obj.isNull())
+    one_value = F.col("value").isNotNull()
+    malformed = ~one_value | ~value_kind.startswith("OBJECT") | obj.isNull()
     tf = cfg.text_field
     reason = (F.when(F.col("line_text").isNull(), F.lit("INVALID_UTF8"))
               .when(malformed, F.lit("MALFORMED_JSON"))
               .when(F.coalesce(kind != F.lit("STRING"), F.lit(True)), F.lit("MISSING_FIELD")))
     detail = (F.when(F.col("line_text").isNull(),
                      F.lit("the line is not valid UTF-8 (strict decoding)"))
-              .when(malformed & obj.isNull() & j.getField("_corrupt").isNull()
-                    & j.getField("e").isNotNull(),
+              .when(one_value & (value_kind == F.lit("VOID")),
                     F.lit("the line is JSON null, not an object"))
-              .when(malformed, F.lit("the line is not exactly one JSON object: it does not "
-                                     "parse as strict JSON, is not an object, or has content "
-                                     "after the object"))
+              .when(one_value & ~value_kind.startswith("OBJECT"),
+                    F.concat(F.lit("the line is a JSON "), F.substring(value_kind, 1, 80),
+                             F.lit(", not an object")))
+              .when(malformed, F.lit("the line is not exactly one strict JSON object: it does "
+                                     "not parse, has content after the object, or has "
+                                     "duplicate keys, NaN/Infinity, single quotes, raw control "
+                                     "characters, a lone surrogate, a number over 1000 digits "
+                                     "or nesting over 1000 levels"))
               .when(kind.isNull(), F.lit(f"the object has no '{tf}' field"))
               .when(kind == F.lit("VOID"), F.lit(f"the '{tf}' field is null"))
               .when(kind != F.lit("STRING"),

@@ -50,8 +50,15 @@ def _oracle(line: str, cfg: TextInputConfig = CFG) -> str | None:
     def reject(constant: str) -> Any:
         raise ValueError(constant)
 
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # Duplicate keys are ambiguous (parsers disagree on which one wins): rejected.
+        if len({k for k, _ in pairs}) != len(pairs):
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
     try:
-        obj = json.loads(line.lstrip("\ufeff"), parse_constant=reject)
+        obj = json.loads(line.lstrip("\ufeff"), parse_constant=reject,
+                         object_pairs_hook=unique)
     except ValueError:
         return "MALFORMED_JSON"
     if not isinstance(obj, dict):
@@ -74,8 +81,15 @@ STRICT_LINES = [
     '{"text": "x"} // comment', '{"text": "tab\tinside"}', '{"text": "\\x41"}',
     '{"text": "caf\\u00e9"}', '[{"text": "in an array"}]', '"a string"', "true", "42", "null",
     '{}', '{"a": {"text": "nested"}}', '{"text": ["a"]}', '{"text": {"a": 1}}', '{"text": false}',
-    '{"v": 1, "e": 2, "text": "wrapper keys are fine"}', '{"text": 1, "text": "last wins"}',
+    '{"v": 1, "e": 2, "text": "wrapper keys are fine"}', '{"text": 1, "text": "duplicate key"}',
     '\ufeff{"text": "after a BOM"}', '{"text": "x", "big": 123456789012345678901234567890}',
+    # Trailing members after the object: each once smuggled a record past the old wrapper.
+    '{"text": "x"}, "z": 1', '{"text": "benign"}, "v": {"text": "smuggled"}',
+    '{"text": "benign"}, "e": 0, "v": {"text": "smuggled"}', '{"a": {"text": "x"}}, "text": "y"',
+    '{"text": "x"}, {"text": "y"}', '{"text": "x", "a": {"b": 1, "b": 2}}',
+    # A `]` closes a wrapping array early, and Spark's parser ignores what follows.
+    '{"text": "x"}] {"text": "y"}', '{"text": "x"}], "~~~~"]', '{"text": "x"}, "~~~~"] junk',
+    '{"text": "x"}, "~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~"]',
 ]
 
 
@@ -200,6 +214,24 @@ def test_outcome_of_every_record(fixture_run: dict[str, Any]) -> None:
     result = fixture_run["result"]
     assert result.n_input == len(fixture_run["expected"])
     assert result.n_input == len(fixture_run["curated"]) + len(fixture_run["quarantine"])
+
+
+@pytest.mark.integration
+def test_trailing_members_are_malformed_not_smuggled(fixture_run: dict[str, Any]) -> None:
+    # Issue 13.1: `{"text": "x"}, "z": 1` was curated as "x" and
+    # `{"text": "benign"}, "v": {"text": "smuggled"}` as "smuggled".
+    strict = _uri(fixture_run["root"] / "shard" / "deep" / "edge.json")
+    by_source = {q["source"]: q for q in fixture_run["quarantine"]}
+    for line in ('{"text": "x"}, "z": 1', '{"text": "benign"}, "v": {"text": "smuggled"}'):
+        q = by_source[f"{strict}:{STRICT_LINES.index(line) + 1}"]
+        assert q["reason"] == "MALFORMED_JSON" and q["raw"] == line
+        assert "exactly one strict JSON object" in q["detail"]
+    curated = [c["text"] for c in fixture_run["curated"]]
+    assert "smuggled" not in curated and "y" not in curated
+    assert by_source[f"{strict}:{STRICT_LINES.index('null') + 1}"]["detail"] == \
+        "the line is JSON null, not an object"
+    assert by_source[f"{strict}:{STRICT_LINES.index('42') + 1}"]["detail"] == \
+        "the line is a JSON BIGINT, not an object"
 
 
 @pytest.mark.integration

@@ -153,6 +153,9 @@ def build_dataset(root: Path) -> Dataset:
     d.json(c, "MALFORMED_ROW", raw=good_json + " garbage")
     d.json(c, "MALFORMED_ROW", raw=good_json + good_json)
     d.json(c, "MALFORMED_ROW", raw=good_json + ",")
+    # A `]` after the object closed the parser's [...] wrapper; what followed was ignored.
+    d.json(c, "MALFORMED_ROW", raw=good_json + "] garbage")
+    d.json(c, "MALFORMED_ROW", raw=good_json + ', "~~"] garbage')
     d.json(c, "MALFORMED_ROW", raw="[1, 2]")
     d.json(c, "MALFORMED_ROW", raw=good_json.replace('"', "'"))  # single quotes
     d.json(c, "MALFORMED_ROW", raw=good_json[:good_json.index(CARD_A) + 8])  # in the card
