@@ -63,7 +63,14 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class TextInputConfig:
+    # Files, folders (searched recursively) and glob patterns; `include`/`exclude` are
+    # glob patterns matched against each found file's path below its configured path
+    # (docs/inputs.md).
     paths: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    # Any Python codec name, or "auto" (detected per file with charset-normalizer).
+    encoding: str = "utf-8"
     text_field: str = "text"
     id_field: str = "id"
     label_field: str = "label"
@@ -74,6 +81,8 @@ class TextInputConfig:
 @dataclass(frozen=True)
 class ImageInputConfig:
     paths: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     # Pillow's decompression-bomb limit: headers claiming more pixels are quarantined
     # before any pixel is decoded.
     max_pixels: int = 16_000_000
@@ -84,6 +93,8 @@ class ImageInputConfig:
 @dataclass(frozen=True)
 class TransactionInputConfig:
     paths: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     # Name of the environment variable that holds the HMAC key for card/account tokens.
     hmac_key_env: str = "PIPELINE_HMAC_KEY"
     max_amount: float = 10_000_000.0

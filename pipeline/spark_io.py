@@ -10,10 +10,13 @@ moves as Arrow batches throughout (no row-at-a-time Python).
 
 - `read_files`: raw files as rows `path, content, length` (the binary file source's
   columns; `path` is the file's URL, `file:///x` for local files);
+- `map_files`: a streaming reader function run per file in the executors;
 - `read_parquet`: Parquet files as a DataFrame (schema read from the first file);
 - `write_parquet`: deterministic `part-NNNNN.parquet` files written by the tasks.
 
-An empty list of files reads as an empty DataFrame of the expected schema.
+An empty list of files reads as an empty DataFrame of the expected schema. Files are
+opened by the exact path their Location holds: nothing here expands glob characters
+(`a[1].jsonl` is read as that file; Spark's file sources would expand it).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -136,6 +139,29 @@ def read_files(spark: SparkSession, files: Sequence[Location],
     return ids.mapInArrow(read, FILES_SCHEMA)
 
 
+def map_files(spark: SparkSession, files: Sequence[Location],
+              read: Callable[[Location], Iterator[pa.RecordBatch]],
+              schema: str | T.StructType) -> DataFrame:
+    """`read(file)` for each of `files` in the executors, files packed into tasks as
+    `read_files` packs them (in order); the batches it yields are the rows, of `schema`.
+
+    For readers that stream a file in bounded pieces instead of holding it whole. `read`
+    must pickle (a module-level function, or a closure over picklable values)."""
+    if not files:
+        return spark.createDataFrame([], schema)
+    locs = list(files)
+    groups = [[locs[i] for i in group] for group in _pack(spark, _sizes(locs))]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for g in batch.column(0).to_pylist():
+                for loc in groups[g]:
+                    yield from read(loc)
+
+    ids = spark.range(0, len(groups), 1, numPartitions=len(groups))
+    return ids.mapInArrow(run, schema)
+
+
 def as_nullable(data_type: T.DataType) -> T.DataType:
     """`data_type` with every field, element and value nullable, as Spark's file sources
     make the schema of what they read."""
@@ -196,7 +222,8 @@ def parquet_files(folder: Location) -> list[Location]:
 def write_parquet(df: DataFrame, folder: Location, key_cols: Sequence[str],
                   partitions: int) -> int:
     """Write `df` deterministically as zstd Parquet files `part-NNNNN.parquet` in `folder`;
-    returns the number of rows written (an empty partition writes no file).
+    returns the number of rows written. An empty partition writes no file; an empty table
+    writes one file with the schema and no rows (`write_empty_parquet`).
 
     Rows go to a partition by a hash of `key_cols` (stable across runs, unlike range
     bounds sampled per job) and are sorted by `key_cols` within it. Each task then writes
@@ -238,7 +265,21 @@ def write_parquet(df: DataFrame, folder: Location, key_cols: Sequence[str],
         yield pa.RecordBatch.from_pydict({"rows": [rows]}, schema=_WRITE_STATS)
 
     stats = ordered.mapInArrow(write_partition, "rows long").collect()
-    return int(sum(r["rows"] for r in stats))
+    total = int(sum(r["rows"] for r in stats))
+    if total == 0:
+        write_empty_parquet(folder, schema)
+    return total
+
+
+def write_empty_parquet(folder: Location, schema: pa.Schema) -> None:
+    """`folder/part-00000.parquet` with `schema` and no rows: an empty table is still a
+    table (readers get its schema from the file, a folder never goes missing)."""
+    import pyarrow.parquet as pq
+
+    fs, path = folder.filesystem()
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(posixpath.join(path, "part-00000.parquet"), "wb") as handle:
+        pq.write_table(schema.empty_table(), handle, compression="zstd")
 
 
 _WRITE_STATS = pa.schema([("rows", pa.int64())])

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -48,6 +49,9 @@ class IngestResult:
     quarantine: DataFrame
     n_input: int
     shared: DataFrame | None = None
+    # Extra figures for the stage's manifest, computed after the writes while `shared`
+    # is still cached (e.g. text's files per encoding).
+    figures: Callable[[], dict[str, Any]] | None = None
 
 
 def mask_cards(raw: Column) -> Column:

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+#: a file found under a configured input path whose name is no format the modality reads
+#: (pipeline.ingest.listing); one quarantine row per file, added by the ingest stage
+UNSUPPORTED_FILE = "a file whose extension is no input format of the modality"
+
 TEXT_REASONS: Mapping[str, str] = {
     "MALFORMED_JSON": "a JSONL line that is not one JSON object",
     "INVALID_UTF8": "bytes that are not valid UTF-8 (strict decoding)",
+    "INVALID_ENCODING": "bytes that do not decode in the input's encoding (not utf-8)",
+    "MALFORMED_ROW": "a CSV/TSV row with the wrong number of fields",
+    "UNREADABLE_FILE": "a file that breaks off: truncated or corrupt compression, a CSV not "
+                       "in its encoding, a corrupt Parquet file",
     "MISSING_FIELD": "a JSON object without the configured text field, or a non-string one",
     "EMPTY_TEXT": "shorter than inputs.text.min_chars after normalization (e.g. only spaces)",
     "TOO_LONG": "longer than inputs.text.max_chars after normalization",
+    "UNSUPPORTED_FILE": UNSUPPORTED_FILE,
 }
 
 IMAGE_REASONS: Mapping[str, str] = {
@@ -24,6 +33,7 @@ IMAGE_REASONS: Mapping[str, str] = {
     "PIXEL_LIMIT": "the header claims more than inputs.images.max_pixels pixels",
     "UNSUPPORTED_FORMAT": "a real image in a format not in inputs.images.formats",
     "FILE_TOO_LARGE": "the file is larger than inputs.images.max_bytes",
+    "UNSUPPORTED_FILE": UNSUPPORTED_FILE,
 }
 
 TRANSACTION_REASONS: Mapping[str, str] = {
@@ -36,4 +46,5 @@ TRANSACTION_REASONS: Mapping[str, str] = {
     "BAD_CARD": "the card number is not 12-19 digits passing the Luhn check",
     "BAD_FIELD": "another field has an invalid value (MCC not 4 digits, is_fraud not 0/1...)",
     "LABEL_CONFLICT": "dedup: copies of one transaction disagree on is_fraud",
+    "UNSUPPORTED_FILE": UNSUPPORTED_FILE,
 }

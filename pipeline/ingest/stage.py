@@ -19,7 +19,8 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from pipeline import modalities
-from pipeline.config import PipelineConfig, to_dict
+from pipeline.config import ConfigError, PipelineConfig, to_dict
+from pipeline.ingest.listing import FileScan
 from pipeline.modalities import IngestRequest
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
 from pipeline.storage import Location, digest_of, to_url
@@ -35,9 +36,22 @@ class ReconciliationError(RuntimeError):
 
 def configured_inputs(cfg: PipelineConfig, modality: str) -> list[Location]:
     """The modality's configured raw input paths as Locations on the store of
-    `storage.root` (its options reach them); empty when none are configured."""
+    `storage.root` (its options reach them), glob patterns expanded
+    (`pipeline.ingest.listing.expand_path`); empty when none are configured. A path that
+    does not exist is a ConfigError naming it (raised while planning, before Spark)."""
+    from pipeline.ingest.listing import InputPathError, expand_path
+
     root = cfg.storage.location
-    return [root.at(to_url(p)) for p in modalities.get(modality).input_config(cfg).paths]
+    found: list[Location] = []
+    problems: list[str] = []
+    for p in modalities.get(modality).input_config(cfg).paths:
+        try:
+            found += expand_path(root.at(to_url(p)))
+        except InputPathError as exc:
+            problems.append(f"inputs.{modality}.paths: {p!r}: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return found
 
 
 def raw_inputs(cfg: PipelineConfig, modality: str, synth: Location | None) -> list[Location]:
@@ -51,12 +65,14 @@ def raw_inputs(cfg: PipelineConfig, modality: str, synth: Location | None) -> li
 
 
 def _raw_files(inputs: Sequence[Location]) -> list[tuple[AbstractFileSystem, str]]:
-    """(filesystem, path in it) of every file at or under `inputs`, in listing order."""
+    """(filesystem, path in it) of every file at or under `inputs` (symlinked folders
+    followed, as ingest lists them), in listing order."""
+    from pipeline.ingest.listing import walk_files
+
     out: list[tuple[AbstractFileSystem, str]] = []
     for loc in inputs:
         fs, root = loc.filesystem()
-        paths = [root] if fs.isfile(root) else sorted(p for p in fs.find(root)
-                                                      if not fs.isdir(p))
+        paths = [root] if fs.isfile(root) else list(walk_files(fs, root))
         out += [(fs, p) for p in paths]
     return out
 
@@ -93,6 +109,36 @@ def raw_file_records(inputs: Sequence[Location]) -> dict[str, Any]:
     return out
 
 
+def _scan(cfg: PipelineConfig, modality: str, inputs: Sequence[Location]) -> FileScan:
+    """The stage's listing of its inputs, with the modality's formats and the input
+    section's include/exclude patterns."""
+    from pipeline.ingest.listing import scan_inputs
+
+    spec = modalities.get(modality)
+    section = spec.input_config(cfg)
+    return scan_inputs(inputs, spec.input_extensions, getattr(section, "include", ()),
+                       getattr(section, "exclude", ()), spec.compressed_extensions)
+
+
+def unsupported_rows(spark: Any, modality: str, files: Sequence[Location]) -> Any:
+    """One UNSUPPORTED_FILE quarantine row per file (a short list, built on the driver)."""
+    from pipeline.ingest.common import QUARANTINE_SCHEMA, mask_cards_py
+
+    spec = modalities.get(modality)
+    formats = ", ".join(spec.input_extensions)
+    rows = [("ingest", f.url, "UNSUPPORTED_FILE",
+             f"{f.name!r} is no {modality} input format ({formats})",
+             mask_cards_py(f.name)) for f in files]
+    return spark.createDataFrame(rows, QUARANTINE_SCHEMA)
+
+
+def _files_text(scan: FileScan) -> str:
+    excluded = ", ".join(f"{rule} {len(urls)}" for rule, urls in sorted(scan.excluded.items()))
+    return (f"files: {len(scan.files):,} read, {len(scan.unsupported):,} rejected, "
+            f"{sum(len(u) for u in scan.excluded.values()):,} excluded"
+            + (f" ({excluded})" if excluded else ""))
+
+
 def run_ingest(ctx: StageContext, modality: str) -> StageResult:
     """Run one modality's ingest into the stage's output folder; see module docstring."""
     from pipeline.ingest.common import QUARANTINE_SCHEMA, check_reasons
@@ -108,6 +154,11 @@ def run_ingest(ctx: StageContext, modality: str) -> StageResult:
     synth = ctx.input("synth") if "synth" in ctx.inputs else None
     inputs = raw_inputs(ctx.cfg, modality, synth)
     result = spec.ingest(IngestRequest(spark, ctx.cfg, inputs))
+    scan = _scan(ctx.cfg, modality, inputs)
+    if scan.unsupported:  # every file found is read, rejected here, or excluded by a rule
+        result.quarantine = result.quarantine.unionByName(
+            unsupported_rows(spark, modality, scan.unsupported))
+        result.n_input += len(scan.unsupported)
     partitions = ctx.cfg.spark.shuffle_partitions
     curated_dir, quarantine_dir = ctx.output / "curated", ctx.output / "quarantine"
     # The two outputs share their parse; cache it so the raw files are parsed once.
@@ -118,6 +169,7 @@ def run_ingest(ctx: StageContext, modality: str) -> StageResult:
         n_quarantined = write_parquet(result.quarantine, quarantine_dir, QUARANTINE_KEYS, 1)
         schemas = {"curated": spark_schema_fingerprint(result.curated),
                    "quarantine": spark_schema_fingerprint(result.quarantine)}
+        figures = result.figures() if result.figures is not None else None
     finally:
         if result.shared is not None:
             result.shared.unpersist()
@@ -131,15 +183,21 @@ def run_ingest(ctx: StageContext, modality: str) -> StageResult:
             f"{n_quarantined} quarantined")
     counts = {"input": result.n_input, "curated": n_curated, "quarantined": n_quarantined}
     counts.update({f"quarantined.{r}": n for r, n in sorted(by_reason.items())})
+    counts.update(scan.figures())
     rate = n_quarantined / result.n_input if result.n_input else 0.0
     reasons = ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items())) or "none"
     summary = (f"{result.n_input:,} records -> {n_curated:,} curated + {n_quarantined:,} "
-               f"quarantined ({rate:.1%}: {reasons})")
+               f"quarantined ({rate:.1%}: {reasons}); {_files_text(scan)}")
     log.info("ingest %s: %s", modality, summary)
     # Sample data is listed file by file in the synth manifest already; configured raw
     # inputs have no manifest, so record them here for `pipeline lineage`.
     configured = configured_inputs(ctx.cfg, modality)
     extra = raw_file_records(configured) if configured else {}
+    extra["files"] = {"read": len(scan.files), "rejected": len(scan.unsupported),
+                      "excluded": {rule: len(urls) for rule, urls in
+                                   sorted(scan.excluded.items())}}
+    if figures is not None:
+        extra["figures"] = figures
     return StageResult(row_counts=counts, schemas=schemas, extra=extra, summary=summary)
 
 

@@ -54,10 +54,15 @@ from pipeline.ingest.lines import (
     stable_id,
     whole_text_files,
 )
+from pipeline.ingest.listing import base_name
+from pipeline.ingest.tables import COMPRESSIBLE_TABLES, TABLE_EXTENSIONS, table_records
 from pipeline.storage import Location
 
-JSONL_EXTENSIONS = (".jsonl", ".json")
+JSONL_EXTENSIONS = (".jsonl", ".ndjson", ".json")
 TXT_EXTENSIONS = (".txt",)
+#: every extension text ingest reads, and those it also reads compressed (.gz/.bz2/.zst)
+EXTENSIONS = JSONL_EXTENSIONS + TXT_EXTENSIONS + TABLE_EXTENSIONS
+COMPRESSIBLE = JSONL_EXTENSIONS + TXT_EXTENSIONS + COMPRESSIBLE_TABLES
 
 # Column names and types of the curated table (dedup adds minhash_cluster later).
 CURATED_COLUMNS: tuple[tuple[str, T.DataType], ...] = (
@@ -129,11 +134,11 @@ def _jsonl_records(spark: SparkSession, cfg: TextInputConfig,
     raw_id, reason and detail (null when the line passed the JSON checks)."""
     # A byte-order mark (often several, when BOM files were concatenated) starts a line but
     # is not JSON; strict UTF-8 decoding has already kept it as U+FEFF.
-    lines = read_lines(spark, files).select(
-        "path", "line", "raw", F.col("text").alias("line_text"),
+    lines = read_lines(spark, files, cfg.encoding).select(
+        "path", "line", "raw", "encoding", "error", F.col("text").alias("line_text"),
         F.regexp_replace(F.col("text"), "^\ufeff+", "").alias("clean"))
     # The line's one JSON value (null when it is not exactly one strict value).
-    parsed = lines.select("path", "line", "raw", "line_text",
+    parsed = lines.select("path", "line", "raw", "line_text", "encoding", "error",
                           one_json_value(F.col("clean")).alias("value"))
     parsed = parsed.select(
         "*", F.schema_of_variant(F.col("value")).alias("value_kind"),
@@ -170,19 +175,40 @@ def _jsonl_records(spark: SparkSession, cfg: TextInputConfig,
         F.when(reason.isNull(), F.try_variant_get(field, "$", "string")).alias("text"),
         _as_string(obj, cfg.label_field, tf).cast("string").alias("label"),
         _as_string(obj, cfg.id_field, tf).cast("string").alias("raw_id"),
-        reason.alias("reason"), detail.alias("detail"),
+        reason.alias("reason"), detail.alias("detail"), "encoding", "error",
     )
 
 
-def _txt_records(spark: SparkSession, files: Sequence[Location]) -> DataFrame:
+_RECORD_COLUMNS = ("path", "line", "raw", "line_text", "text", "label", "raw_id", "reason",
+                   "detail", "encoding", "error")
+
+
+def _txt_records(spark: SparkSession, files: Sequence[Location], encoding: str) -> DataFrame:
     """One row per .txt file, in the same shape as `_jsonl_records`."""
     invalid = F.col("text").isNull()
-    return whole_text_files(spark, files).select(
+    return whole_text_files(spark, files, encoding).select(
         "path", "line", "raw", F.col("text").alias("line_text"), "text",
         F.lit(None).cast("string").alias("label"), F.lit(None).cast("string").alias("raw_id"),
         F.when(invalid, F.lit("INVALID_UTF8")).alias("reason"),
         F.when(invalid, F.lit("the file is not valid UTF-8 (strict decoding)")).alias("detail"),
+        "encoding", "error",
     )
+
+
+def _problems_of_reading(records: DataFrame) -> DataFrame:
+    """`reason`/`detail` of what reading found: a file that broke off (UNREADABLE_FILE),
+    and bytes not valid in a declared or detected encoding other than UTF-8
+    (INVALID_ENCODING: INVALID_UTF8 names only UTF-8)."""
+    error = F.col("error").isNotNull()
+    other = F.col("reason").isin("INVALID_UTF8") & (F.col("encoding") != F.lit("utf-8"))
+    reason = (F.when(error, F.lit("UNREADABLE_FILE"))
+              .when(other, F.lit("INVALID_ENCODING")).otherwise(F.col("reason")))
+    detail = (F.when(error, F.concat(F.lit("the file cannot be read past this point: "),
+                                     F.col("error")))
+              .when(other, F.concat(F.lit("the bytes do not decode as "), F.col("encoding"),
+                                    F.lit(" (strict decoding)")))
+              .otherwise(F.col("detail")))
+    return records.withColumns({"reason": reason, "detail": detail})
 
 
 def ingest_text(spark: SparkSession, cfg: TextInputConfig,
@@ -196,12 +222,19 @@ def ingest_text(spark: SparkSession, cfg: TextInputConfig,
     bytes (`pipeline.textnorm.content_hash`). `n_input` is counted apart from the parse:
     non-blank JSONL lines counted in the JVM (`count_nonblank_lines`) plus the number of
     .txt files listed. `source` is the file URL (`file:///x/a.jsonl`), plus `:<line>`."""
-    files = list_input_files(inputs, JSONL_EXTENSIONS + TXT_EXTENSIONS)
-    jsonl = [f for f in files if f.name.lower().endswith(JSONL_EXTENSIONS)]
-    txt = [f for f in files if f.name.lower().endswith(TXT_EXTENSIONS)]
-    n_input = count_nonblank_lines(spark, jsonl) + len(txt)
+    files = list_input_files(inputs, EXTENSIONS, cfg.include, cfg.exclude, COMPRESSIBLE)
+    jsonl = [f for f in files if base_name(f.name).endswith(JSONL_EXTENSIONS)]
+    txt = [f for f in files if base_name(f.name).endswith(TXT_EXTENSIONS)]
+    tables = [f for f in files if base_name(f.name).endswith(TABLE_EXTENSIONS)]
+    table_rows = table_records(spark, tables, cfg.text_field, cfg.id_field, cfg.label_field,
+                               cfg.encoding)
+    # Table rows are counted by their reader (a CSV record may span lines).
+    n_input = (count_nonblank_lines(spark, jsonl, cfg.encoding) + len(txt)
+               + (table_rows.count() if tables else 0))
 
-    records = _jsonl_records(spark, cfg, jsonl).unionByName(_txt_records(spark, txt))
+    records = _problems_of_reading(
+        _jsonl_records(spark, cfg, jsonl).unionByName(_txt_records(spark, txt, cfg.encoding))
+        .unionByName(table_rows.select(*_RECORD_COLUMNS)))
     # Scalar Arrow UDF, from the type hints (the stubs insist on a functionType).
     normalize = F.arrow_udf(normalize_arrow, T.StringType())  # type: ignore[call-overload]
     uri = F.col("path")  # the file URL, as list_input_files spells it
@@ -209,7 +242,7 @@ def ingest_text(spark: SparkSession, cfg: TextInputConfig,
         F.when(F.col("line").isNull(), uri).otherwise(source_with_line(uri, F.col("line")))
         .alias("source"),
         stable_id(relative_key(uri, input_roots(inputs)), F.col("line")).alias("doc_id"),
-        "raw", "line_text", "label", "raw_id", "reason", "detail",
+        "raw", "line_text", "label", "raw_id", "reason", "detail", "path", "encoding",
         normalize(F.col("text")).alias("text"),
     ).withColumn("n_chars", F.length("text").cast("int"))
 
@@ -237,4 +270,11 @@ def ingest_text(spark: SparkSession, cfg: TextInputConfig,
     quarantine = quarantine_rows(rows.filter(F.col("reason").isNotNull()), stage="ingest",
                                  source=F.col("source"), reason=F.col("reason"),
                                  detail=F.col("detail"), raw=raw)
-    return IngestResult(curated=curated, quarantine=quarantine, n_input=n_input, shared=rows)
+    return IngestResult(curated=curated, quarantine=quarantine, n_input=n_input, shared=rows,
+                        figures=lambda: {"encodings": file_encodings(rows)})
+
+
+def file_encodings(rows: DataFrame) -> dict[str, int]:
+    """Files read per encoding ('utf-8', a declared or detected codec, 'parquet')."""
+    counts = rows.groupBy("encoding").agg(F.countDistinct("path").alias("n")).collect()
+    return {str(r["encoding"]): int(r["n"]) for r in sorted(counts, key=lambda r: r[0] or "")}

@@ -171,6 +171,12 @@ class ModalitySpec:
     #: Spark: (session, curated rows, config) -> DedupOutput
     dedup: Callable[[SparkSession, DataFrame, PipelineConfig], DedupOutput]
     dedup_report: DedupReportSpec
+    #: file name endings its ingest reads (case-insensitive); any other file found under a
+    #: configured path is quarantined as UNSUPPORTED_FILE (pipeline.ingest.listing).
+    #: Empty: every file is a record. `compressed_extensions`: those also read as
+    #: .gz/.bz2/.zst
+    input_extensions: tuple[str, ...] = ()
+    compressed_extensions: tuple[str, ...] = ()
     quality: QualitySpec = field(default_factory=QualitySpec)
     #: config outside `inputs.<modality>` that changes the ingest output, for the cache
     #: key (e.g. a non-secret id of the HMAC key)

@@ -68,6 +68,14 @@ def _problems(cfg: PipelineConfig) -> list[str]:
     if t.min_chars < 0 or t.min_chars > t.max_chars:
         p.append(f"inputs.text.min_chars: must be in [0, max_chars={t.max_chars}], "
                  f"got {t.min_chars}")
+    if t.encoding.strip().lower() != "auto":
+        import codecs
+
+        try:
+            codecs.lookup(t.encoding)
+        except LookupError:
+            p.append(f"inputs.text.encoding: {t.encoding!r} is no Python codec (e.g. utf-8, "
+                     "cp1252, latin-1, utf-16) and not 'auto'")
     tr = cfg.train.text
     if tr.n_heads <= 0 or tr.d_model % tr.n_heads != 0:
         p.append(f"train.text.d_model: {tr.d_model} is not divisible by "
@@ -121,10 +129,12 @@ SPEC = ModalitySpec(
     record="document",
     input_config=_inputs,
     ingest=_ingest,
+    input_extensions=(".jsonl", ".ndjson", ".json", ".txt", ".csv", ".tsv", ".parquet"),
     id_column="doc_id",
     curated_keys=("doc_id",),
     reasons=TEXT_REASONS,
     dedup=_dedup,
+    compressed_extensions=(".jsonl", ".ndjson", ".json", ".txt", ".csv", ".tsv"),
     dedup_report=DedupReportSpec(id_column="doc_id", content_column="text"),
     quality=QualitySpec(range_columns=("n_chars",), consistency=_consistency),
     synth=_synth,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline import modalities
@@ -62,11 +63,29 @@ def read_train_result(train_stage: Location) -> dict[str, Any]:
     return body
 
 
+class EmptySplitError(ValueError):
+    """The train split has no rows: there is nothing to train on (not retried)."""
+
+
+def check_train_split(modality: str, dedup_counts: Mapping[str, int]) -> None:
+    """Refuse to train on an empty train split, with a message naming the split counts
+    and how many rows dedup kept of its input (EmptySplitError)."""
+    splits = {s: int(dedup_counts.get(f"split.{s}", 0)) for s in ("train", "val", "test")}
+    if splits["train"] > 0:
+        return
+    raise EmptySplitError(
+        f"train/{modality}: the train split is empty (train {splits['train']}, val "
+        f"{splits['val']}, test {splits['test']}; dedup kept {dedup_counts.get('kept', 0)} "
+        f"of {dedup_counts.get('input', 0)} curated rows): nothing to train on. Check the "
+        f"ingest/{modality} quarantine, or disable the task (train.{modality}.enabled: false)")
+
+
 def run_train(ctx: StageContext, modality: str) -> StageResult:
     """Train one modality and publish its result in the stage folder."""
     from pipeline.train.trainer import train_task
 
     name = f"train/{modality}"
+    check_train_split(modality, ctx.inputs[f"dedup/{modality}"].row_counts)
     # The stage runs because it has no output yet or because its data or config changed:
     # checkpoints of an earlier version are moved aside, not resumed (nor refused).
     result = train_task(ctx.cfg, modality, ctx.input(f"dedup/{modality}"), ctx.run,

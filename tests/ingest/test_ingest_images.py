@@ -150,7 +150,7 @@ def test_probe_is_deterministic() -> None:
 @pytest.mark.unit
 def test_reason_list_is_the_fixed_one() -> None:
     assert set(IMAGE_REASONS) == {"UNDECODABLE_IMAGE", "TRUNCATED_IMAGE", "PIXEL_LIMIT",
-                                  "UNSUPPORTED_FORMAT", "FILE_TOO_LARGE"}
+                                  "UNSUPPORTED_FORMAT", "FILE_TOO_LARGE", "UNSUPPORTED_FILE"}
 
 
 # --------------------------------------------------------------------- integration tests

@@ -57,7 +57,8 @@ def test_read_files_never_reads_a_file_over_max_bytes(spark: Any, tmp_path: Path
 
 def test_no_files_read_as_empty_frames(spark: Any, tmp_path: Path) -> None:
     assert read_files(spark, []).count() == 0
-    assert read_lines(spark, []).columns == ["path", "line", "text", "raw"]
+    assert read_lines(spark, []).columns == ["path", "line", "text", "raw", "encoding",
+                                             "error"]
     assert count_nonblank_lines(spark, []) == 0
     empty = read_parquet(spark, [], "a string, b long")
     assert empty.count() == 0 and empty.columns == ["a", "b"]
@@ -120,7 +121,13 @@ def test_write_then_read_parquet_round_trips_deterministically(spark: Any,
     assert read_parquet(spark, [files[1]]).count() == len(pq.read_table(files[1].path))
 
 
-def test_an_empty_frame_writes_no_file(spark: Any, tmp_path: Path) -> None:
-    df = spark.createDataFrame([], "id string")
-    assert write_parquet(df, _loc(tmp_path / "none"), ["id"], 2) == 0
-    assert not os.path.exists(tmp_path / "none")
+def test_an_empty_frame_writes_one_empty_file_with_its_schema(spark: Any,
+                                                              tmp_path: Path) -> None:
+    df = spark.createDataFrame([], "id string, n long")
+    folder = _loc(tmp_path / "none")
+    assert write_parquet(df, folder, ["id"], 2) == 0
+    assert os.listdir(tmp_path / "none") == ["part-00000.parquet"]
+    table = pq.read_table(tmp_path / "none" / "part-00000.parquet")
+    assert table.num_rows == 0 and table.schema.names == ["id", "n"]
+    back = read_parquet(spark, parquet_files(folder))
+    assert back.count() == 0 and back.columns == ["id", "n"]
