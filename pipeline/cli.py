@@ -73,6 +73,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the detection report and a YAML inputs block for files never described."""
+    from pipeline.inspect import inspect
+
+    sys.stdout.write(inspect(args.paths, args.modality))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     print(json.dumps(to_dict(cfg, redact=True), indent=2))
@@ -298,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "print the resolved configuration with secrets redacted.")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("inspect", help="detect the layout of files never described and print "
+                       "a ready-to-paste inputs.<modality> block",
+                       description="Read a sample of PATH... and print what was detected "
+                       "(format, delimiter, header, encoding, row estimate, column types, "
+                       "likely roles) as YAML comments, then an inputs.<modality> block; the "
+                       "output is valid YAML. '# unsure:' marks guesses to check.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument("--modality", choices=("text", "images", "transactions"),
+                   help="force the modality (default: detected)")
+    p.set_defaults(func=cmd_inspect)
 
     from pipeline.evaluate.cli import add_commands
 

@@ -409,7 +409,7 @@ def _parse(spark: SparkSession, files: Sequence[Location], headers: dict[str, in
     def value(column: str) -> Column:
         i = index[column]
         return (F.when(is_csv, F.col("p_csv").getField(f"c{i}"))
-                .when(is_ws, F.element_at(F.col("tokens"), i + 1))
+                .when(is_ws, F.try_element_at(F.col("tokens"), F.lit(i + 1)))
                 .otherwise(F.col("p_json").getField(column)))
 
     fields: dict[str, Column] = {}

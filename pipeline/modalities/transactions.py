@@ -188,6 +188,9 @@ SPEC = ModalitySpec(
     curated_keys=("txn_id", "source"),
     reasons=TRANSACTION_REASONS,
     dedup=_dedup,
+    # What the declared schema's format does not parse, ingest quarantines as
+    # UNSUPPORTED_FILE itself (pipeline.ingest.transactions.ALL_EXTENSIONS).
+    input_extensions=(".csv", ".tsv", ".txt", ".dat", ".asc", ".jsonl", ".json", ".ndjson"),
     dedup_report=DedupReportSpec(id_column="source", content_column="source",
                                  pair_rules=None),
     quality=QualitySpec(range_columns=("amount", "velocity_1h", "velocity_24h"),
