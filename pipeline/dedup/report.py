@@ -14,11 +14,16 @@ seeded samples (never a corpus-sized collect). Its shape:
         "quality": quality_figures(...),                     # pipeline.quality
         "gates": [GateResult.to_dict(), ...]}}}              # pipeline.quality.evaluate_gates
 
-Text pairs get their exact shingle Jaccard (`pipeline.textnorm`, n = config shingle_n)
-computed here; the share of sampled near-duplicate pairs at or above the threshold is an
-estimate of the precision of the text near-dup rule. Image pairs are shown as thumbnails
-(data: URIs). `dedup.json` holds the same figures with image bytes replaced by their size
-and sha256 and texts cut to `EXCERPT_CHARS`, so it stays small and JSON-clean.
+Sampled text near-duplicate pairs carry `jaccard`, their exact shingle Jaccard (n =
+config shingle_n, the definition of `pipeline.textnorm` and of dedup's verification),
+computed on the executors over the FULL texts of the sampled pairs only (an Arrow UDF in
+`sample_pairs`), before the texts are cut to excerpts for display; the share of sampled
+near-duplicate pairs at or above the threshold is an estimate of the precision of the
+text near-dup rule. (Jaccard of the excerpts would be far off: two long documents that
+differ in their first paragraphs share few shingles in their first 600 characters.)
+Image pairs are shown as thumbnails (data: URIs). `dedup.json` holds the same figures
+with image bytes replaced by their size and sha256 and texts cut to `EXCERPT_CHARS`, so it
+stays small and JSON-clean.
 """
 
 from __future__ import annotations
@@ -27,14 +32,18 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from pipeline import html as H
 from pipeline.storage import Location
-from pipeline.textnorm import jaccard, word_shingles
 
 EXCERPT_CHARS = 600
+#: the duplicates rule whose sampled pairs get their exact Jaccard (text MinHash-LSH)
+NEAR_DUP_RULE = "near_dup"
 
 
 def cluster_size_histogram(kept: DataFrame, duplicates: DataFrame,
@@ -45,28 +54,61 @@ def cluster_size_histogram(kept: DataFrame, duplicates: DataFrame,
     return {int(r["count"]): int(r["n"]) for r in sizes.collect()}
 
 
+def exact_jaccard(texts_a: pa.Array, texts_b: pa.Array, n: int) -> np.ndarray:
+    """Exact word-`n`-shingle Jaccard of the pairs (texts_a[i], texts_b[i]), vectorized:
+    the shingle hashes and set intersection of dedup's verification (`pipeline.dedup.
+    minhash`), equal to `pipeline.textnorm.jaccard` of `word_shingles` (up to 64-bit hash
+    collisions). Nulls count as empty texts."""
+    from pipeline.dedup.minhash import set_jaccard, shingle_hashes
+
+    ha, oa = shingle_hashes(texts_a, n)
+    hb, ob = shingle_hashes(texts_b, n)
+    return set_jaccard(ha, oa, hb, ob)
+
+
+def _jaccard_udf(n: int) -> Any:
+    def jaccard_of(a: pa.Array, b: pa.Array) -> pa.Array:
+        return pa.array(exact_jaccard(a, b, n), type=pa.float64())
+
+    # Scalar Arrow UDF, from the type hints (the stubs insist on a functionType).
+    return F.arrow_udf(jaccard_of, T.DoubleType())  # type: ignore[call-overload]
+
+
 def sample_pairs(duplicates: DataFrame, records: DataFrame, id_col: str, content_col: str,
                  n: int = 20, seed: int = 0, rules: Sequence[str] | None = None,
-                 max_chars: int | None = EXCERPT_CHARS) -> list[dict[str, Any]]:
+                 max_chars: int | None = EXCERPT_CHARS,
+                 jaccard_n: int | None = None) -> list[dict[str, Any]]:
     """A seeded sample of `n` duplicate pairs with both members' content, for the report.
 
     `records` must hold every input row (dropped rows are not in the kept table). The
     sample is the `n` smallest xxhash64(dropped_id, seed), a top-n without a full sort; the
-    content is fetched with a broadcast join of those `n` rows. String content is cut to
-    `max_chars` characters on the executors, so only excerpts reach the driver.
+    content is fetched with a broadcast join of those `n` rows. With `jaccard_n` and string
+    content, each `NEAR_DUP_RULE` pair gets `jaccard`: the exact `jaccard_n`-shingle
+    Jaccard of the two full texts, computed on the executors (`exact_jaccard`, Arrow).
+    String content is then cut to `max_chars` characters on the executors, so only
+    excerpts reach the driver.
     """
     dups = duplicates if rules is None else duplicates.where(F.col("rule").isin(*rules))
     picked = dups.orderBy(F.xxhash64("dropped_id", F.lit(seed)), "dropped_id").limit(n)
-    content = F.col(content_col)
-    if max_chars is not None and dict(records.dtypes)[content_col] == "string":
-        content = F.substring(content, 1, max_chars)
-    lookup = records.select(F.col(id_col).cast("string").alias("_id"), content.alias("_c"))
-    rows = (F.broadcast(picked)
-            .join(lookup.withColumnRenamed("_c", "dropped"), F.col("dropped_id") == F.col("_id"))
-            .drop("_id")
-            .join(lookup.withColumnRenamed("_c", "kept"), F.col("kept_id") == F.col("_id"))
-            .drop("_id").collect())
-    out = [r.asDict() for r in rows]
+    is_text = dict(records.dtypes)[content_col] == "string"
+    lookup = records.select(F.col(id_col).cast("string").alias("_id"),
+                            F.col(content_col).alias("_c"))
+    joined = (F.broadcast(picked)
+              .join(lookup.withColumnRenamed("_c", "dropped"),
+                    F.col("dropped_id") == F.col("_id")).drop("_id")
+              .join(lookup.withColumnRenamed("_c", "kept"), F.col("kept_id") == F.col("_id"))
+              .drop("_id"))
+    if jaccard_n is not None and is_text:
+        joined = joined.withColumn("jaccard", F.when(
+            F.col("rule") == NEAR_DUP_RULE,
+            _jaccard_udf(jaccard_n)(F.col("dropped"), F.col("kept"))))
+    if max_chars is not None and is_text:
+        joined = (joined.withColumn("dropped", F.substring("dropped", 1, max_chars))
+                        .withColumn("kept", F.substring("kept", 1, max_chars)))
+    out = [r.asDict() for r in joined.collect()]
+    for r in out:
+        if r.get("jaccard", 0) is None:
+            del r["jaccard"]  # not a near-duplicate pair
     for r in out:
         if isinstance(r.get("dropped"), bytearray):
             r["dropped"], r["kept"] = bytes(r["dropped"]), bytes(r["kept"])
@@ -76,11 +118,14 @@ def sample_pairs(duplicates: DataFrame, records: DataFrame, id_col: str, content
 def collect_modality(kept: DataFrame, duplicates: DataFrame, records: DataFrame, *,
                      id_col: str, content_col: str, quarantined: int = 0,
                      n_input: int | None = None, n_pairs: int = 20, seed: int = 0,
-                     pair_rules: Sequence[str] | None = ("near_dup",)) -> dict[str, Any]:
+                     pair_rules: Sequence[str] | None = ("near_dup",),
+                     jaccard_n: int | None = None) -> dict[str, Any]:
     """One modality's report entry (counts, cluster sizes, sampled pairs) from its tables.
 
-    `records` is the dedup input (every row, for the dropped members' content). Everything
-    is an aggregate or a top-n sample; add "quality" and "gates" to the result yourself.
+    `records` is the dedup input (every row, for the dropped members' content);
+    `jaccard_n` the shingle size for the sampled near-duplicate pairs' exact Jaccard (see
+    `sample_pairs`). Everything is an aggregate or a top-n sample; add "quality" and
+    "gates" to the result yourself.
     """
     by_rule = {str(r["rule"]): int(r["count"])
                for r in duplicates.groupBy("rule").count().collect()}
@@ -91,7 +136,7 @@ def collect_modality(kept: DataFrame, duplicates: DataFrame, records: DataFrame,
                    "quarantined": int(quarantined), "duplicates": dict(sorted(by_rule.items()))},
         "cluster_sizes": cluster_size_histogram(kept, duplicates),
         "pairs": sample_pairs(duplicates, records, id_col, content_col, n=n_pairs, seed=seed,
-                              rules=pair_rules),
+                              rules=pair_rules, jaccard_n=jaccard_n),
     }
 
 
@@ -99,17 +144,6 @@ def scurve(bands: int, rows: int, points: int = 101) -> tuple[list[float], list[
     """P(candidate) = 1 - (1 - j^r)^b for j in [0, 1]: the LSH S-curve."""
     xs = [i / (points - 1) for i in range(points)]
     return xs, [1.0 - (1.0 - x**rows) ** bands for x in xs]
-
-
-def _with_jaccard(pairs: list[Mapping[str, Any]], n: int) -> list[dict[str, Any]]:
-    out = []
-    for p in pairs:
-        q = dict(p)
-        a, b = q.get("dropped"), q.get("kept")
-        if "jaccard" not in q and isinstance(a, str) and isinstance(b, str):
-            q["jaccard"] = jaccard(word_shingles(a, n), word_shingles(b, n))
-        out.append(q)
-    return out
 
 
 def _excerpted(value: Any) -> Any:
@@ -126,17 +160,18 @@ def _excerpted(value: Any) -> Any:
 
 
 def prepare(figures: Mapping[str, Any]) -> dict[str, Any]:
-    """Figures completed with derived values (exact Jaccard of text pairs, precision
-    estimate, S-curve parameters); still holding raw bytes for thumbnails."""
+    """Figures completed with derived values (precision estimate from the sampled pairs'
+    full-text `jaccard`, S-curve parameters); still holding raw bytes for thumbnails.
+    Pairs without `jaccard` (images, transactions) count for no estimate: the excerpts
+    held here are too short to judge."""
     cfg = dict(figures.get("config", {}))
-    n = int(cfg.get("shingle_n", 5))
     threshold = float(cfg.get("jaccard_threshold", 0.8))
     mods: dict[str, Any] = {}
     for name, mod in figures.get("modalities", {}).items():
         m = dict(mod)
-        m["pairs"] = _with_jaccard(list(m.get("pairs", [])), n)
-        judged = [p["jaccard"] for p in m["pairs"] if p.get("rule") == "near_dup"
-                  and "jaccard" in p]
+        m["pairs"] = [dict(p) for p in m.get("pairs", [])]
+        judged = [float(p["jaccard"]) for p in m["pairs"] if p.get("rule") == NEAR_DUP_RULE
+                  and p.get("jaccard") is not None]
         if judged:
             m["precision_estimate"] = {"pairs": len(judged), "threshold": threshold,
                                        "precision": sum(j >= threshold for j in judged)

@@ -158,7 +158,8 @@ def _run_report(ctx: StageContext) -> StageResult:
                                  content_col=report.content_column,
                                  quarantined=int(manifest.row_counts["quarantined"]),
                                  n_input=int(manifest.row_counts["input"]),
-                                 seed=ctx.cfg.dedup.seed, pair_rules=report.pair_rules)
+                                 seed=ctx.cfg.dedup.seed, pair_rules=report.pair_rules,
+                                 jaccard_n=ctx.cfg.dedup.shingle_n)
         entry["quality"] = manifest.extra.get("quality", {})
         entry["gates"] = manifest.extra.get("gates", [])
         entries[modality] = entry

@@ -13,8 +13,10 @@ from PIL import Image
 
 from pipeline.config import DedupConfig, GatesConfig, to_dict
 from pipeline.dedup.report import (
+    EXCERPT_CHARS,
     cluster_size_histogram,
     collect_modality,
+    exact_jaccard,
     prepare,
     sample_pairs,
     scurve,
@@ -22,6 +24,7 @@ from pipeline.dedup.report import (
 )
 from pipeline.gates import evaluate_gates
 from pipeline.storage import Location
+from pipeline.textnorm import jaccard, word_shingles
 
 EVIL = "<img src=x onerror=alert(1)> & co"
 
@@ -62,10 +65,12 @@ def _figures() -> dict[str, Any]:
                 "cluster_sizes": {1: 4, 2: 1, 3: 1},
                 "pairs": [
                     {"dropped_id": "d2", "kept_id": "d1", "rule": "near_dup", "similarity": 0.9,
-                     "dropped": text + " " + EVIL, "kept": text},
+                     "dropped": text + " " + EVIL, "kept": text, "jaccard": 0.75},
                     {"dropped_id": "d3", "kept_id": "d1", "rule": "near_dup",
                      "similarity": 0.82, "dropped": "totally different words here now",
-                     "kept": text},
+                     "kept": text, "jaccard": 0.0},
+                    {"dropped_id": "d4", "kept_id": "d1", "rule": "near_dup",
+                     "similarity": 0.95, "dropped": text[:40], "kept": text, "jaccard": 0.95},
                 ],
                 "quality": quality,
                 "gates": [g.to_dict() for g in evaluate_gates(quality, GatesConfig())],
@@ -106,16 +111,31 @@ def test_report_html_and_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.unit
-def test_exact_jaccard_and_precision_estimate() -> None:
+def test_precision_estimate_uses_the_pairs_full_text_jaccard() -> None:
+    # The excerpts held in the figures are not re-judged: d4's excerpt shares no
+    # 5-shingle with its keeper, yet its full-text Jaccard (computed in Spark) is 0.95.
     prepared = prepare(_figures())
     text = prepared["modalities"]["text"]
-    j = [p["jaccard"] for p in text["pairs"]]
-    assert 0.6 < j[0] < 1.0 and j[1] == 0.0
-    pe = text["precision_estimate"]
-    assert pe["pairs"] == 2 and pe["precision"] == sum(x >= 0.8 for x in j) / 2
+    assert [p["jaccard"] for p in text["pairs"]] == [0.75, 0.0, 0.95]
+    assert text["precision_estimate"] == {"pairs": 3, "threshold": 0.8, "precision": 1 / 3}
+    assert "precision_estimate" not in prepared["modalities"]["images"]  # no jaccard
     lsh = prepared["lsh"]
     assert (lsh["bands"], lsh["rows"]) == (16, 8)
     assert lsh["p_candidate_at_threshold"] == pytest.approx(1 - (1 - 0.8**8) ** 16)
+
+
+@pytest.mark.unit
+def test_exact_jaccard_equals_textnorm() -> None:
+    import pyarrow as pa
+
+    pairs = [("a b c d e f g", "a b c d e f h"), ("", ""), ("one", "two words"),
+             ("Émile ZOLA wrote   many books", "émile zola wrote many books"),
+             ("x " * 50, "x " * 49 + "y"), ("short", ""), ("the same text here", None)]
+    a = pa.array([p[0] for p in pairs])
+    b = pa.array([p[1] for p in pairs])
+    got = exact_jaccard(a, b, 5).tolist()
+    want = [jaccard(word_shingles(x, 5), word_shingles(y or "", 5)) for x, y in pairs]
+    assert got == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.unit
@@ -149,3 +169,34 @@ def test_sample_pairs_and_cluster_histogram(spark) -> None:  # type: ignore[no-u
     assert entry["counts"] == {"input": 10, "kept": 4, "quarantined": 2,
                                "duplicates": {"exact": 1, "near_dup": 3}}
     assert len(entry["pairs"]) == 3 and entry["cluster_sizes"] == {1: 1, 2: 2, 3: 1}
+
+
+@pytest.mark.integration
+def test_sampled_pairs_jaccard_is_on_full_texts(spark) -> None:  # type: ignore[no-untyped-def]
+    # Issue 13.3: two long texts that differ only at the start are near-duplicates, yet
+    # their 600-character excerpts share few shingles; the report judged the excerpts.
+    common = " ".join(f"w{i}" for i in range(400))
+    texts = {"a": "alpha " * 120 + common, "b": "beta " * 120 + common, "c": common,
+             "d": "delta " * 120 + common}
+    records = spark.createDataFrame(list(texts.items()), "doc_id string, text string")
+    dups = spark.createDataFrame(
+        [("b", "a", "near_dup", 0.7, "a"), ("c", "a", "near_dup", 0.7, "a"),
+         ("d", "a", "exact", 1.0, "a")],
+        "dropped_id string, kept_id string, rule string, similarity double, cluster_id string")
+    pairs = sample_pairs(dups, records, "doc_id", "text", n=5, rules=None, jaccard_n=5)
+    by_id = {p["dropped_id"]: p for p in pairs}
+    for dropped in ("b", "c"):
+        full = jaccard(word_shingles(texts[dropped], 5), word_shingles(texts["a"], 5))
+        cut = jaccard(word_shingles(texts[dropped][:EXCERPT_CHARS], 5),
+                      word_shingles(texts["a"][:EXCERPT_CHARS], 5))
+        assert full > 0.9 and cut < 0.3  # the excerpts would say "not a duplicate"
+        assert by_id[dropped]["jaccard"] == pytest.approx(full, abs=1e-12)
+        assert len(by_id[dropped]["dropped"]) == EXCERPT_CHARS
+    assert "jaccard" not in by_id["d"]  # only near-dup pairs are judged
+    entry = collect_modality(spark.createDataFrame([("a", "a")], "doc_id string, "
+                                                   "cluster_id string"),
+                             dups, records, id_col="doc_id", content_col="text",
+                             pair_rules=None, jaccard_n=5)
+    estimate = prepare({"config": to_dict(DedupConfig()),
+                        "modalities": {"text": entry}})["modalities"]["text"]
+    assert estimate["precision_estimate"]["pairs"] == 2
