@@ -90,6 +90,9 @@ def run(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_every_record_has_its_outcome(run: dict[str, Any]) -> None:
+    # Issue 13.2: `a1.jsonl` beside `a[1].jsonl` was read twice, `a[1].jsonl` never.
+    sources = [c["source"] for c in run["curated"]] + [q["source"] for q in run["quarantine"]]
+    assert len(sources) == len(set(sources))
     got: dict[str, str | None] = {c["source"]: None for c in run["curated"]}
     trunc = _uri(run["root"] / "z/trunc.jsonl.gz")
     kept = [s for s in got if s.startswith(trunc + ":")]
