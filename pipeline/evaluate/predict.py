@@ -92,11 +92,13 @@ def check_output(source: Location, output: Location, modality: str) -> None:
     check_replaceable(output, f"predict/{modality}")
 
 
-def check_schema(modality: str, files: list[Location]) -> list[str]:
+def check_schema(modality: str, files: list[Location],
+                 cfg: PipelineConfig | None = None) -> list[str]:
     """The columns to read; ValueError naming the missing columns and the expected schema
-    when a file lacks any required one."""
+    when a file lacks any required one (with `cfg`, the columns its configuration adds,
+    e.g. declared transaction features, are required too)."""
     ev = inference.evaluation_of(modality)
-    required = inference.required_columns(modality)
+    required = inference.input_columns(modality, (), cfg)
     present: set[str] | None = None
     for file in files:
         with file.open("rb") as fh:
@@ -109,7 +111,7 @@ def check_schema(modality: str, files: list[Location]) -> list[str]:
                 + (f" (optional: {ev.label_column})" if ev.label_column else "")
                 + f"; predictions will have {ev.prediction_schema}")
         present = names if present is None else present & names
-    return inference.input_columns(modality, present)
+    return inference.input_columns(modality, present, cfg)
 
 
 def _input_digest(root: Location, files: list[Location]) -> str:
@@ -150,7 +152,7 @@ def predict_table(cfg: PipelineConfig, modality: str, source: Location | str,
     output = store.at(output) if isinstance(output, str) else output
     root, files = input_files(source)
     check_output(source, output, modality)  # before any work: the model, Ray, scoring
-    columns = check_schema(modality, files)
+    columns = check_schema(modality, files, cfg)
     input_digest = _input_digest(root, files)
     task_state = None
     if checkpoint is None:

@@ -100,3 +100,23 @@ def test_rare_positives_still_train() -> None:
     truth = t["target"].numpy() > 0.5
     assert truth.sum() > 0
     assert M.average_precision(scores, truth) > 20 * truth.mean()
+
+
+def test_batch_inference_requires_the_declared_features(tmp_path: object) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.evaluate.predict import check_schema
+    from pipeline.storage import Location
+
+    cfg = config_from_dict({"inputs": {"transactions": {"schema": {
+        "format": "csv", "amount": "Amount", "label": "Class",
+        "features": {"numeric": ["V1"]}}}}})
+    base = {c: [None] for c in ("txn_id", "amount", "ts", "mcc", "country", "currency",
+                                "velocity_1h", "velocity_24h")}
+    path = f"{tmp_path}/a.parquet"
+    pq.write_table(pa.table(base), path)
+    with pytest.raises(ValueError, match="missing column"):
+        check_schema("transactions", [Location(path)], cfg)
+    pq.write_table(pa.table({**base, "V1": [1.0]}), path)
+    assert "V1" in check_schema("transactions", [Location(path)], cfg)
+    assert "V1" not in check_schema("transactions", [Location(path)])
