@@ -105,7 +105,8 @@ def expand_path(loc: Location) -> list[Location]:
 def walk_files(fs: AbstractFileSystem, root: str) -> Iterator[str]:
     """Every file below `root`, following symlinked folders (each real folder once: a
     link back up the tree is not a loop)."""
-    if fs.protocol in ("file", "local") or "file" in tuple(fs.protocol):
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
         seen: set[str] = set()
         for folder, dirs, names in os.walk(root, followlinks=True):
             real = os.path.realpath(folder)

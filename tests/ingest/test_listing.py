@@ -103,3 +103,20 @@ def test_a_missing_configured_path_is_a_config_error(tmp_path: Path) -> None:
         configured_inputs(cfg, "text")
     assert "inputs.text.paths" in str(err.value) and "nope" in str(err.value)
     assert "*.zzz" in str(err.value)
+
+
+def test_object_store_listing_has_the_same_rules() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in ("/listing-t/a.jsonl", "/listing-t/.h/b.jsonl", "/listing-t/c.bin",
+                 "/listing-t/d/_SUCCESS", "/listing-t/d/e[1].json"):
+        fs.pipe(path, b"{}\n")
+    try:
+        scan = scan_inputs([Location("memory:///listing-t")], TEXT)
+        assert [f.url for f in scan.files] == ["memory:///listing-t/a.jsonl",
+                                                "memory:///listing-t/d/e[1].json"]
+        assert [f.url for f in scan.unsupported] == ["memory:///listing-t/c.bin"]
+        assert {k: len(v) for k, v in scan.excluded.items()} == {"hidden": 1, "underscore": 1}
+    finally:
+        fs.rm("/listing-t", recursive=True)
