@@ -25,6 +25,7 @@ lost or doubled by the splitter shows in the stage's reconciliation.
 from __future__ import annotations
 
 import codecs
+import io
 import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -122,7 +123,8 @@ def stable_id(*parts: Column) -> Column:
 
 
 class open_input:  # used like open()
-    """`with open_input(loc) as fh`: the file's bytes, decompressed by its suffix."""
+    """`with open_input(loc) as fh`: the file's bytes, decompressed by its suffix (a binary
+    file object: read(n), readline(), iteration by lines)."""
 
     def __init__(self, loc: Location) -> None:
         self.loc = loc
@@ -136,7 +138,10 @@ class open_input:  # used like open()
             return fh
         stream = pa.input_stream(fh, compression=codec)
         self._handles.append(stream)
-        return stream
+        # A Python buffered reader on top: line iteration and readline() work as on a file.
+        buffered = io.BufferedReader(stream, buffer_size=_STEP_BYTES)
+        self._handles.append(buffered)
+        return buffered
 
     def __exit__(self, *exc: object) -> None:
         for handle in reversed(self._handles):

@@ -174,3 +174,15 @@ def test_spark_reader_and_counter_agree_on_mixed_files(spark: Any, tmp_path: Pat
         ("a.jsonl", 6, "three"), ("b.jsonl.gz", 1, "x"), ("b.jsonl.gz", 3, "y")]
     assert {r["encoding"] for r in rows} == {"utf-8"}
     assert count_nonblank_lines(spark, files) == len(rows) == 6
+
+
+@pytest.mark.unit
+def test_open_input_reads_lines_of_compressed_files(tmp_path: Path) -> None:
+    from pipeline.ingest.lines import open_input
+
+    data = b"\n\na,b\n1,2\n"
+    (tmp_path / "h.csv.zst").write_bytes(pa.compress(data, "zstd", asbytes=True))
+    (tmp_path / "h.csv").write_bytes(data)
+    for name in ("h.csv.zst", "h.csv"):
+        with open_input(Location(str(tmp_path / name))) as fh:
+            assert list(fh) == [b"\n", b"\n", b"a,b\n", b"1,2\n"], name
