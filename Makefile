@@ -18,7 +18,7 @@ help:  ## list targets
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,tracking]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install the package with dev tools (pinned)

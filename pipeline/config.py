@@ -347,6 +347,43 @@ class OrchestratorConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs are reported besides their own reports: MLflow and Prometheus
+    (docs/tracking.md). Every target is off while unset; a target that fails only warns."""
+
+    # MLflow tracking URI: a local path (or file:// / sqlite:/// URI) or an http(s):// server.
+    # Credentials come from MLflow's own environment (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN).
+    mlflow_uri: str | None = None
+    mlflow_experiment: str = "pipeline"
+    # Seconds one MLflow request may take (MLFLOW_HTTP_REQUEST_TIMEOUT, unless set); no retry.
+    mlflow_timeout_s: float = 5.0
+    # node_exporter textfile collector: a directory (the file is pipeline_<run id>.prom) or
+    # a path ending in .prom.
+    prometheus_textfile: str | None = None
+    # Prometheus Pushgateway base URL (http://host:9091); metrics are PUT to
+    # /metrics/job/<pushgateway_job>/run_id/<run id>.
+    pushgateway_url: str | None = None
+    pushgateway_job: str = "pipeline"
+    pushgateway_timeout_s: float = 5.0
+    # Environment variables holding the Pushgateway's basic-auth user and password.
+    pushgateway_username_env: str = "PIPELINE_PUSHGATEWAY_USERNAME"
+    pushgateway_password_env: str = "PIPELINE_PUSHGATEWAY_PASSWORD"
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        for key in ("mlflow_timeout_s", "pushgateway_timeout_s"):
+            if getattr(self, key) <= 0:
+                out.append(f"tracking.{key}: must be > 0, got {getattr(self, key)}")
+        url = self.pushgateway_url
+        if url is not None and not url.startswith(("http://", "https://")):
+            out.append(f"tracking.pushgateway_url: must start with http:// or https://, got "
+                       f"{url!r}")
+        if not self.mlflow_experiment.strip():
+            out.append("tracking.mlflow_experiment: must not be empty")
+        return out
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """The whole resolved configuration of one run."""
 
@@ -364,6 +401,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> PipelineConfig:

@@ -92,4 +92,5 @@ def check_values(cfg: PipelineConfig) -> list[str]:
     p.extend(cfg.ray.problems())
     p.extend(cfg.gates.problems())
     p.extend(cfg.evaluate.problems())
+    p.extend(cfg.tracking.problems())
     return p

@@ -21,7 +21,9 @@ cached with the key the plan computed, a stage planned to run with a known key r
 that key. Only downstream of a stage that actually ran in this call is a key computed
 again, from the manifests that stage just published (its inputs changed under the plan).
 The runner runs the stages it is given: which stages make up `pipeline run` is decided
-outside the orchestrator (pipeline.graph).
+outside the orchestrator (pipeline.graph). Each stage that settles (ran or cached) is
+reported to the tracking targets `tracking.*` configures (pipeline.tracking: MLflow,
+Prometheus); a tracking problem is a warning, never a failed stage.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pipeline.orchestrator.retry import RetryPolicy
 from pipeline.orchestrator.selection import SelectionError
 from pipeline.orchestrator.stages import LazySpark, Stage, StageContext
 from pipeline.storage import Manifest, RunPaths, StageWriter, code_version
+from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +256,19 @@ def _carry_out(r: _Run, stage: Stage, entry: PlanEntry, index: int, total: int,
     return _run_stage(r, stage, inputs, key, parts, reason), False
 
 
+def _track(tracker: Tracker, r: _Run, stage: Stage, outcome: StageOutcome) -> None:
+    """Report a settled stage to MLflow/Prometheus (pipeline.tracking); a tracking
+    problem is a warning, never a failed stage."""
+    try:
+        manifest = r.manifests.get(stage.name)
+        if manifest is not None and outcome.state in ("ran", "cached"):
+            tracker.stage_settled(stage.name, outcome.state, outcome.seconds, manifest,
+                                  r.paths.stage(stage.name), lambda: stage.config_of(r.cfg))
+    except Exception:
+        log.warning("tracking of stage %s failed; the stage itself is done", stage.name,
+                    exc_info=True)
+
+
 def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
                  selected: Collection[str] | None = None, policy: RetryPolicy | None = None,
                  sleep: Callable[[float], None] = time.sleep,
@@ -290,6 +306,7 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
                  guard.check if isinstance(guard, RunLock) else (lambda: None))
         dirty = r.state.get("stage_order") != names
         r.state["stage_order"] = names
+        tracker = Tracker(cfg, paths.run_id, version)
         total = sum(e.decision in ("run", "cached") for e in entries)
         outcomes: list[StageOutcome] = []
         index = 0
@@ -313,6 +330,12 @@ def run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage], *,
                 dirty = (dirty or changed) if outcome.state == "cached" else False
                 hook.stage_finished(index, total, outcome)
                 outcomes.append(outcome)
+                _track(tracker, r, stage, outcome)
+        except StageFailed as exc:
+            with contextlib.suppress(Exception):  # tracking never hides the failure
+                rec = r.state["stages"].get(exc.stage) or {}
+                tracker.stage_failed(exc.stage, float(rec.get("seconds") or 0.0))
+            raise
         finally:
             r.spark.stop()
             if dirty and not (isinstance(guard, RunLock) and guard.lost is not None):
