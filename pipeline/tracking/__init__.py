@@ -17,6 +17,7 @@ logged, so nothing is logged twice).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,6 +30,12 @@ from pipeline.tracking import prometheus
 log = logging.getLogger(__name__)
 
 __all__ = ["Tracker"]
+
+
+def _masked(text: str) -> str:
+    """An error message fit to print: credentials in any URL it quotes (`user:pw@`, a
+    signed query) masked; clients quote the URL they failed to reach, credentials and all."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), text)
 
 
 def _modality_of(stage: str) -> str:
@@ -105,7 +112,7 @@ class Tracker:
             log.warning("MLflow tracking at %s failed (%s: %s); MLflow logging is off for the "
                         "rest of this run, the pipeline's outputs are complete, and the next "
                         "`pipeline run` logs what was missed", redact_url(target.uri),
-                        type(exc).__name__, redact_url(str(exc))[:300])
+                        type(exc).__name__, _masked(str(exc))[:300])
 
     def _write_metrics(self) -> None:
         if not (self._textfile or self._push_url):
@@ -137,7 +144,7 @@ class Tracker:
             except Exception as exc:
                 log.warning("Pushgateway %s did not take the metrics (%s: %s); pushing is off "
                             "for the rest of this run", redact_url(self._push_url),
-                            type(exc).__name__, redact_url(str(exc))[:300])
+                            type(exc).__name__, _masked(str(exc))[:300])
                 self._push_url = None
 
 

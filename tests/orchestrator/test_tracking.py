@@ -231,7 +231,7 @@ def test_dead_server_warns_and_the_run_completes(
         tmp_path: Path, graph: FakeGraph, make_cfg: Callable[..., PipelineConfig],
         caplog: pytest.LogCaptureFixture) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
-    cfg = _tracking_cfg(make_cfg, f"tracking.mlflow_uri={dead}",
+    cfg = _tracking_cfg(make_cfg, f"tracking.mlflow_uri=http://me:secretpw@{dead[7:]}",
                         f"tracking.pushgateway_url={dead}",
                         f"tracking.prometheus_textfile={tmp_path / 'm.prom'}")
     started = time.monotonic()
@@ -241,7 +241,9 @@ def test_dead_server_warns_and_the_run_completes(
     assert {o.state for o in outcomes} == {"ran"}
     assert (tmp_path / "runs/t/reports/summary/_MANIFEST.json").exists()
     warned = [r.getMessage() for r in caplog.records]
-    assert sum(f"MLflow tracking at {dead} failed" in m for m in warned) == 1  # once, then off
+    # once, then off; the URI's password masked
+    assert sum(f"MLflow tracking at http://***@{dead[7:]} failed" in m for m in warned) == 1
+    assert not any("secretpw" in m for m in warned)
     assert sum(f"Pushgateway {dead} did not take" in m for m in warned) == 1
     assert "pipeline_stage_success" in (tmp_path / "m.prom").read_text()  # textfile still on
 
