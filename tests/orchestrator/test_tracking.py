@@ -357,3 +357,15 @@ def test_real_pushgateway_serves_the_pushed_metrics(
             and s.labels.get("kind") == "kept"]
     assert len(kept) == 1 and kept[0].value == 8
     assert kept[0].labels["job"] == "pipeline" and kept[0].labels["run_id"] == "t"
+
+
+def test_tracking_config_problems_are_reported_together() -> None:
+    from pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"tracking": {"pushgateway_url": "pushgateway:9091",
+                                       "mlflow_timeout_s": 0, "mlflow_experiment": " "}})
+    text = str(err.value)
+    assert "tracking.pushgateway_url: must start with http://" in text
+    assert "tracking.mlflow_timeout_s: must be > 0" in text
+    assert "tracking.mlflow_experiment: must not be empty" in text
