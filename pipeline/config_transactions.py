@@ -59,7 +59,8 @@ class FeaturesConfig:
 class TransactionSchemaConfig:
     """How to read one transaction table: format, a column per role, features, PII."""
 
-    # auto: by file extension (.csv with a header, .jsonl/.json lines, .parquet).
+    # auto: by file extension (.csv with a header, .jsonl/.json lines); parquet: .parquet
+    # files, each row a record (`source` is file:row).
     format: Literal["auto", "csv", "whitespace", "jsonl", "parquet"] = "auto"
     # CSV only: the field separator (one character; "\t" for TSV).
     delimiter: str = ","

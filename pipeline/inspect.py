@@ -229,6 +229,8 @@ def inspect_table(paths: Sequence[str]) -> Table:
     """Detect a transaction table's layout from a sample of its files."""
     files = _files(paths)
     table = Table(paths=list(paths))
+    if _base(files[0].path).endswith(".parquet"):
+        return _inspect_parquet(files, table)
     sample = _open_sample(files[0])
     text, table.encoding = _decode(sample)
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -269,6 +271,30 @@ def inspect_table(paths: Sequence[str]) -> Table:
                          for i, n in enumerate(names)]
     if table.header and table.format != "jsonl":
         table.rows_estimate = max(0, table.rows_estimate - len(files))  # less the headers
+    for col in table.columns:
+        _type(col)
+    _guess_roles(table)
+    return table
+
+
+def _inspect_parquet(files: Sequence[Location], table: Table) -> Table:
+    """A Parquet table: its own schema and row counts (footers), values of the first rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table.format, table.header, table.encoding = "parquet", False, "binary (Parquet)"
+    rows = 0
+    for f in files:
+        with f.open("rb") as fh:
+            rows += pq.ParquetFile(fh).metadata.num_rows
+    table.rows_estimate = rows
+    with files[0].open("rb") as fh:
+        first = next(pq.ParquetFile(fh).iter_batches(batch_size=SAMPLE_ROWS), None)
+    if first is not None:
+        for name in first.schema.names:
+            values = pc.cast(first.column(name), pa.string()).to_pylist()
+            table.columns.append(Column(name, ["" if v is None else v for v in values]))
     for col in table.columns:
         _type(col)
     _guess_roles(table)
@@ -345,7 +371,7 @@ def transactions_yaml(table: Table) -> str:
            f"# format: {table.format}"
            + (f", delimiter {table.delimiter!r}" if table.format == "csv" else "")
            + (f", header: {'yes' if table.header else 'no'}"
-              if table.format != "jsonl" else ""),
+              if table.format in ("csv", "whitespace") else ""),
            f"# encoding: {table.encoding}",
            f"# rows (estimate): {table.rows_estimate:,}"]
     out += [f"# note: {n}" for n in table.notes]
@@ -358,7 +384,7 @@ def transactions_yaml(table: Table) -> str:
     roles = {c.role: c for c in table.columns if c.role}
     out += ["inputs:", "  transactions:",
             f"    paths: [{', '.join(_quote(p) for p in table.paths)}]"]
-    if table.encoding not in ("utf-8", "ascii"):
+    if table.encoding not in ("utf-8", "ascii", "binary (Parquet)"):
         out.append(f"    # unsure: the sample is {table.encoding}, but transaction ingest "
                    "reads UTF-8; convert the files first")
     amount = roles.get("amount")
@@ -451,6 +477,8 @@ def detect_modality(paths: Sequence[str]) -> str:
         return "text"
     table = next((f for f in files
                   if not _base(f.path).endswith(IMAGE_EXTENSIONS + TEXT_EXTENSIONS)), files[0])
+    if _base(table.path).endswith(".parquet"):
+        return "transactions"
     if _base(table.path).endswith(JSON_EXTENSIONS):
         text, _ = _decode(_open_sample(table))
         for ln in text.splitlines()[:50]:

@@ -108,3 +108,20 @@ def test_schema_problems_are_reported_with_their_keys() -> None:
                      "give the same curated column 'a_b'",
                      "column 'Amount' would be curated as 'Amount'"):
         assert expected in text, text
+
+
+def test_parquet_table(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({
+        "txn_id": ["a", "b"], "amount": [1.5, 2.0], "fraud": [0, 1],
+        "ts": pa.array([datetime(2024, 1, 2)] * 2, pa.timestamp("us"))}), path)
+    text = inspect([str(path)])
+    s = yaml.safe_load(text)["inputs"]["transactions"]["schema"]
+    assert (s["format"], s["id"], s["amount"], s["label"], s["timestamp"]) == (
+        "parquet", "txn_id", "amount", "fraud", "ts")
+    assert 'timezone: "UTC"  # unsure' in text and "# rows (estimate): 2" in text

@@ -64,11 +64,14 @@ import logging
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -89,10 +92,12 @@ from pipeline.ingest.lines import (
     count_nonblank_lines,
     input_roots,
     list_input_files,
+    open_input,
     read_lines,
     relative_key,
     stable_id,
 )
+from pipeline.spark_io import map_files
 from pipeline.storage import Location
 
 log = logging.getLogger(__name__)
@@ -124,7 +129,8 @@ _COMPRESSED = (".gz", ".bz2", ".zst")
 #: every file name ending the transactions modality takes from a listing; the declared
 #: format parses some (`input_extensions`), the others are quarantined UNSUPPORTED_FILE
 ALL_EXTENSIONS: tuple[str, ...] = (".csv", ".tsv", ".txt", ".dat", ".asc", ".jsonl", ".json",
-                                   ".ndjson")
+                                   ".ndjson", ".parquet")
+_PARQUET_BATCH_ROWS = 65_536
 _CSV_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "escape": '"'}
 _JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
 _AMOUNT_RE = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
@@ -240,7 +246,7 @@ def _csv_headers(files: Sequence[Location], schema: TransactionSchemaConfig,
         fmt = fmt_of[url]
         if fmt not in ("csv", "whitespace") or not schema.header:
             continue
-        with loc.open("rb") as fh:
+        with open_input(loc) as fh:  # decompressed by suffix (.gz, .bz2, .zst)
             # bytes.strip() drops exactly the bytes lines.py counts as blank.
             first = next(((n, b) for n, b in enumerate(fh, start=1) if b.strip()), None)
         if first is None:
@@ -368,9 +374,15 @@ def _parse(spark: SparkSession, files: Sequence[Location], headers: dict[str, in
     """One row per record: lineage, the raw line, and each mapped role and feature as a
     cleaned string (`f_<role>`, `f_feature<i>`); `v_<name>` the uncleaned values that
     quarantine masking needs."""
-    lines = read_lines(spark, files).select("path", "line", "text", "raw")
-    kind = _url_map(fmt_of, "jsonl")
-    lines = lines.select("*", kind.alias("kind"))
+    text_files = [f for f in files if fmt_of[f.url] != "parquet"]
+    parquet = [f for f in files if fmt_of[f.url] == "parquet"]
+    lines = read_lines(spark, text_files).select("path", "line", "text", "raw")
+    kind = _url_map({f.url: fmt_of[f.url] for f in text_files}, "jsonl")
+    lines = lines.select("*", kind.alias("kind"), F.lit(None).cast("array<string>").alias("pq"))
+    if parquet:
+        rows = map_files(spark, parquet, partial(_parquet_rows, columns=tuple(cols)),
+                         _PARQUET_ROWS)
+        lines = lines.unionByName(rows)
     if headers:
         header_line = F.try_element_at(
             F.create_map(*[F.lit(x) for kv in sorted(headers.items()) for x in kv]),
@@ -382,6 +394,7 @@ def _parse(spark: SparkSession, files: Sequence[Location], headers: dict[str, in
     line = F.regexp_replace(line, "^\ufeff", "")
     is_csv, is_ws, is_json = (F.col("kind") == "csv", F.col("kind") == "whitespace",
                               F.col("kind") == "jsonl")
+    is_pq = F.col("kind") == "parquet"
     csv_ddl = ", ".join([*(f"c{i} string" for i in range(len(cols))), f"{CORRUPT} string"])
     json_type = T.StructType([*(T.StructField(c, T.StringType()) for c in cols),
                               T.StructField(CORRUPT, T.StringType())])
@@ -389,7 +402,7 @@ def _parse(spark: SparkSession, files: Sequence[Location], headers: dict[str, in
     p_csv = F.when(is_csv, F.from_csv(line, csv_ddl, options))
     p_json = F.when(is_json, F.from_json(line, json_type, _JSON_OPTIONS))
     tokens = F.when(is_ws, F.split(F.regexp_replace(line, f"^{_WS}+|{_WS}+$", ""),
-                                   f"{_WS}+", -1))
+                                   f"{_WS}+", -1)).when(is_pq, F.col("pq"))
     # Spark's JSON reader ignores content after the first object and accepts NaN and
     # single quotes: the line's one strict JSON value (null when it is not exactly one).
     wrapped = F.when(is_json, one_json_value(line))
@@ -409,7 +422,7 @@ def _parse(spark: SparkSession, files: Sequence[Location], headers: dict[str, in
     def value(column: str) -> Column:
         i = index[column]
         return (F.when(is_csv, F.col("p_csv").getField(f"c{i}"))
-                .when(is_ws, F.try_element_at(F.col("tokens"), F.lit(i + 1)))
+                .when(is_ws | is_pq, F.try_element_at(F.col("tokens"), F.lit(i + 1)))
                 .otherwise(F.col("p_json").getField(column)))
 
     fields: dict[str, Column] = {}
@@ -426,6 +439,63 @@ def _parse(spark: SparkSession, files: Sequence[Location], headers: dict[str, in
     out += [_clean(value(c)).alias(f"v_{k}") for k, c in raw_values.items() if c is not None]
     corrupt = F.coalesce(F.col("p_csv").getField(CORRUPT), F.col("p_json").getField(CORRUPT))
     return df.select("*", corrupt.alias("corrupt"), *out)
+
+
+_PARQUET_ROWS = ("path string, line long, text string, raw binary, kind string, "
+                 "pq array<string>")
+
+
+def _parquet_rows(loc: Location, columns: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+    """The rows of one Parquet file as `_PARQUET_ROWS`: `line` the 1-based row number,
+    `pq` the values of `columns` as text (vectorized casts, in pieces of
+    `_PARQUET_BATCH_ROWS` rows), `text` those values joined by ',' for quarantine `raw`."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    url = loc.url
+    k = len(columns)
+    done = 0
+    with loc.open("rb") as fh:
+        for batch in pq.ParquetFile(fh).iter_batches(batch_size=_PARQUET_BATCH_ROWS,
+                                                     columns=list(columns)):
+            n = batch.num_rows
+            parts = [pc.cast(batch.column(c), pa.string()) for c in columns]
+            # Row-major interleave of the k columns: value j of row i at i * k + j.
+            order = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()
+            flat = pa.concat_arrays(parts).take(pa.array(order))
+            values = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)), flat)
+            shown = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)),
+                pc.fill_null(flat, ""))
+            text = pc.binary_join(shown, ",")
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([url] * n, pa.string()),
+                 pa.array(np.arange(done + 1, done + n + 1, dtype=np.int64)), text,
+                 text.cast(pa.binary()), pa.array(["parquet"] * n, pa.string()), values],
+                names=["path", "line", "text", "raw", "kind", "pq"])
+            done += n
+
+
+def _parquet_columns(files: Sequence[Location], fmt_of: Mapping[str, str],
+                     schema: TransactionSchemaConfig) -> int:
+    """Rows of the Parquet files (from their footers, on the driver: independent of the
+    parse); CsvHeaderError when one lacks a column the schema maps."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for loc in files:
+        if fmt_of[loc.url] != "parquet":
+            continue
+        with loc.open("rb") as fh:
+            meta = pq.ParquetFile(fh)
+            names = set(meta.schema_arrow.names)
+            rows += meta.metadata.num_rows
+        missing = [c for c in (schema.columns or schema.source_columns()) if c not in names]
+        if missing:
+            raise CsvHeaderError(f"{loc.url}: the Parquet file has no column "
+                                 f"{', '.join(missing)} (inputs.transactions.schema)")
+    return rows
 
 
 def _malformed(cols: Sequence[str], schema: TransactionSchemaConfig) -> Column:
@@ -670,6 +740,8 @@ def input_extensions(schema: TransactionSchemaConfig) -> tuple[str, ...]:
         return (".csv", ".jsonl", ".json")
     if schema.format == "jsonl":
         return (".jsonl", ".json", ".ndjson")
+    if schema.format == "parquet":
+        return (".parquet",)
     return (".csv", ".tsv", ".txt", ".dat", ".asc")
 
 
@@ -695,13 +767,16 @@ def ingest_transactions(spark: SparkSession, cfg: TransactionInputConfig,
     hmac_pads(hmac_key)  # fail early on an empty key
     schema = cfg.table_schema
     include, exclude = getattr(cfg, "include", ()), getattr(cfg, "exclude", ())
-    listed = list_input_files(inputs, ALL_EXTENSIONS, *((include, exclude)
-                                                         if include or exclude else ()))
+    # The line formats are also read compressed (.gz/.bz2/.zst): read_lines decompresses;
+    # the same list as the spec's compressed_extensions (pipeline.modalities.transactions).
+    listed = list_input_files(inputs, ALL_EXTENSIONS, include, exclude,
+                              compressed=[e for e in ALL_EXTENSIONS if e != ".parquet"])
     parsed = input_extensions(schema)
     files = [loc for loc in listed if base_name(loc.path).endswith(parsed)]
     other = [loc for loc in listed if not base_name(loc.path).endswith(parsed)]
     fmt_of = {loc.url: file_format(loc.url, schema) for loc in files}
     headers, cols = _csv_headers(files, schema, fmt_of)
+    parquet_rows = _parquet_columns(files, fmt_of, schema)
     log.info("transactions: %d files (%s)", len(files), ", ".join(
         f"{n} {k}" for k, n in sorted(Counter(fmt_of.values()).items())) or "none")
     checked = _checks(_parse(spark, files, headers, fmt_of, cols, schema), cfg, schema, cols)
@@ -711,6 +786,7 @@ def ingest_transactions(spark: SparkSession, cfg: TransactionInputConfig,
     if other:  # listed for this modality, but not in the declared format
         quarantine = quarantine.unionByName(_unsupported(spark, other, schema))
     curated = _curated(checked, hmac_key, schema, input_roots(inputs))
-    n_input = _count_records(spark, files, len(headers)) + len(other)
+    text_files = [f for f in files if fmt_of[f.url] != "parquet"]
+    n_input = (_count_records(spark, text_files, len(headers)) + parquet_rows + len(other))
     return IngestResult(curated=curated, quarantine=quarantine, shared=checked,
                         n_input=n_input)

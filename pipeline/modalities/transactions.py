@@ -190,7 +190,11 @@ SPEC = ModalitySpec(
     dedup=_dedup,
     # What the declared schema's format does not parse, ingest quarantines as
     # UNSUPPORTED_FILE itself (pipeline.ingest.transactions.ALL_EXTENSIONS).
-    input_extensions=(".csv", ".tsv", ".txt", ".dat", ".asc", ".jsonl", ".json", ".ndjson"),
+    input_extensions=(".csv", ".tsv", ".txt", ".dat", ".asc", ".jsonl", ".json", ".ndjson",
+                      ".parquet"),
+    # The line formats are also read compressed (.gz/.bz2/.zst, pipeline.ingest.lines).
+    compressed_extensions=(".csv", ".tsv", ".txt", ".dat", ".asc", ".jsonl", ".json",
+                           ".ndjson"),
     dedup_report=DedupReportSpec(id_column="source", content_column="source",
                                  pair_rules=None),
     quality=QualitySpec(range_columns=("amount", "velocity_1h", "velocity_24h"),

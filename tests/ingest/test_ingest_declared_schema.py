@@ -112,3 +112,25 @@ def test_a_header_without_a_mapped_column_is_an_error(spark: Any, tmp_path: Path
     (tmp_path / "a.csv").write_text("when,value\n2026-01-01T00:00:00Z,1\n")
     with pytest.raises(CsvHeaderError, match="no column amount"):
         _run(spark, _cfg({"format": "csv", "amount": "amount"}), tmp_path)
+
+
+def test_parquet_table_rows_with_typed_columns(spark: Any, tmp_path: Path) -> None:
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({
+        "id": ["a", "b", "c"], "amt": [12.5, 0.25, -3.0],
+        "when": pa.array([datetime(2024, 1, 2, 3, 4, 5)] * 3, pa.timestamp("us")),
+        "fraud": [0, 1, 0], "score": [1.5, None, 2.0]}), tmp_path / "t.parquet")
+    cfg = _cfg({"format": "parquet", "id": "id", "amount": "amt", "timestamp": "when",
+                "timezone": "UTC", "label": "fraud", "features": {"numeric": ["score"]}})
+    out = _run(spark, cfg, tmp_path)
+    good = out["curated"]
+    assert [(r["txn_id"], str(r["amount"]), r["is_fraud"], r["score"]) for r in good] == [
+        ("a", "12.50", False, 1.5), ("b", "0.25", True, None)]
+    assert good[0]["ts"].isoformat() == "2024-01-02T03:04:05"
+    assert good[0]["source"].endswith("t.parquet:1")
+    assert {k: q["reason"] for k, q in out["q"].items()} == {"3": "AMOUNT_OUT_OF_RANGE"}
+    assert out["q"]["3"]["raw"] == "c,-3,2024-01-02 03:04:05.000000,0,2"
