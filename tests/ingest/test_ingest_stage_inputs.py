@@ -19,6 +19,7 @@ from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.dedup.stage import dedup_stage
 from pipeline.ingest.stage import ingest_stage
 from pipeline.orchestrator import run_pipeline
+from pipeline.orchestrator.stages import synth_stage
 from pipeline.storage import Location, RunPaths, verify_stage
 from pipeline.train.stage import EmptySplitError, check_train_split
 
@@ -65,7 +66,8 @@ def _write(root: Path, clean: bool) -> None:
     (text / "notes.md").write_text("# notes")
     (text / ".hidden.jsonl").write_text('{"text": "hidden"}\n')
     (text / "_SUCCESS").write_text("")
-    (images / "cat" / "scan.ppm").write_bytes(b"P6\n1 1\n255\n\x00\x00\x00")
+    # (a PPM is an image format now, and a JPEG named .svg is read by its content)
+    (images / "cat" / "scan.svg").write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
     (images / "dog" / "thumbs.db").write_bytes(b"\x00")
     (txns / "skip.csv").write_bytes(HEADER)
 
@@ -93,9 +95,9 @@ def hmac_key() -> Iterator[None]:
 
 def _run(root: Path, clean: bool) -> RunPaths:
     _write(root, clean)
-    stages = [s for m in MODALITIES for s in (ingest_stage(m), dedup_stage(m))]
+    stages = [synth_stage(), *(s for m in MODALITIES for s in (ingest_stage(m), dedup_stage(m)))]
     outcomes = run_pipeline(_cfg(root, clean), stages)
-    assert [o.state for o in outcomes] == ["ran"] * len(stages), outcomes
+    assert [o.state for o in outcomes] == ["skipped"] + ["ran"] * (len(stages) - 1), outcomes
     return RunPaths(Location(f"{root}/out"), "r")
 
 
