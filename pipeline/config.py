@@ -79,6 +79,19 @@ class TextInputConfig:
 
 
 @dataclass(frozen=True)
+class ImageLabelsConfig:
+    """Where image labels come from (docs/inputs.md): `folder`, the class folder below the
+    input path (ImageFolder's layout); `manifest`, a CSV/TSV/JSONL file of path,label at
+    `path` (its paths relative to its own folder, or absolute); `none`, no labels (ingest
+    and dedup run, the image classifier is disabled)."""
+
+    source: Literal["folder", "manifest", "none"] = "folder"
+    path: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+
+
+@dataclass(frozen=True)
 class ImageInputConfig:
     paths: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
@@ -87,7 +100,10 @@ class ImageInputConfig:
     # before any pixel is decoded.
     max_pixels: int = 16_000_000
     max_bytes: int = 20_000_000
-    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+    # Pillow format names accepted; the format is detected from the bytes (PPM covers
+    # .ppm/.pgm/.pbm/.pnm). A decodable image of another format is UNSUPPORTED_FORMAT.
+    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+    labels: ImageLabelsConfig = field(default_factory=ImageLabelsConfig)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,12 @@
 """Image ingest: image files in class folders -> curated images + quarantine.
 
-Every listed file is one record and lands in exactly one output. The checks, in order:
+Every listed file is one record and lands in exactly one output. Files are judged by
+content, not by name: a file named as an image (`IMAGE_EXTENSIONS`) is probed, and of the
+other files the listing finds (`claim_images`, also the stage's `claim_files` hook) one is
+probed when its extension is one Pillow reads for an allowed format (`.tga` with TGA
+allowed) or its first 16 bytes carry an image signature by Pillow's own identification
+(`sniff_format`): a JPEG saved as `.svg` is ingested as JPEG. The stage quarantines the
+rest as UNSUPPORTED_FILE. The checks, in order:
 
 - FILE_TOO_LARGE: `length > cfg.max_bytes`, decided from the file listing; such a file
   is never read at all (`read_files(max_bytes=...)`);
@@ -11,7 +17,13 @@ Every listed file is one record and lands in exactly one output. The checks, in 
   guard (`Image.MAX_IMAGE_PIXELS`, set to the same limit) is the second line of defence;
 - UNSUPPORTED_FORMAT: a recognised format that is not in `cfg.formats` (never decoded);
 - TRUNCATED_IMAGE: the header parses but decoding the pixels fails (Pillow's
-  LOAD_TRUNCATED_IMAGES is forced off, so a short file is an error, not grey pixels).
+  LOAD_TRUNCATED_IMAGES is forced off, so a short file is an error, not grey pixels);
+- UNLABELED_IMAGE (`labels.source: manifest` only): a good image the manifest does not
+  list, or lists with an empty label.
+
+Labels (`cfg.labels`): the class folder (default), a manifest file, or none (null).
+The detected format is the `format` column; `figures()` counts formats, files whose
+extension names another format (`extension_mismatch`) and files read by content only.
 
 Decoding is one Pillow call per image inside a vectorized Arrow UDF: there is no
 Spark-native decoder, and per-image C decoding is the unavoidable cost. Only the small
@@ -21,11 +33,14 @@ Spark's own sha2 over them.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import json
+import posixpath
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -35,13 +50,16 @@ from pyspark.sql import types as T
 
 from pipeline.config import ImageInputConfig
 from pipeline.ingest.common import IngestResult, quarantine_rows
-from pipeline.ingest.lines import input_roots, list_input_files, relative_key, stable_id
+from pipeline.ingest.lines import input_roots, relative_key, stable_id
+from pipeline.modalities.images import EXTENSIONS
 from pipeline.spark_io import read_files
-from pipeline.storage import Location
+from pipeline.storage import Location, to_url
 
-# Files are selected by these extensions only (a folder's README or .DS_Store is not an
-# image record); what they hold is then decided from their bytes.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+# The usual extension(s) of each common format (pipeline.modalities.images.EXTENSIONS);
+# `image_extensions()` adds every other one Pillow reads.
+IMAGE_EXTENSIONS = tuple(f".{e}" for exts in EXTENSIONS.values() for e in exts)
+#: how many leading bytes identify a format (what Image.open hands each plugin's check)
+SNIFF_BYTES = 16
 
 CURATED_COLUMNS: tuple[tuple[str, T.DataType], ...] = (
     ("image_id", T.StringType()),
@@ -166,6 +184,114 @@ def _probe_udf(max_pixels: int, formats: Sequence[str]) -> Any:
     return F.arrow_udf(probe, PROBE_TYPE)  # type: ignore[call-overload]
 
 
+def image_extensions() -> dict[str, str]:
+    """Every file extension Pillow reads (lower-case, with the dot) -> the format it
+    names, `IMAGE_EXTENSIONS` included ('.pgm' -> 'PPM', '.dib' -> 'BMP')."""
+    from PIL import Image
+
+    Image.init()
+    out = {ext.lower(): fmt for ext, fmt in Image.registered_extensions().items()
+           if fmt in Image.OPEN}
+    out.update({f".{e}": fmt for fmt, exts in EXTENSIONS.items() for e in exts})
+    return out
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format whose signature `head` (a file's first `SNIFF_BYTES`) carries,
+    asked of each Pillow plugin's own identification check (what `Image.open` runs
+    first); None when none matches. Plugins without such a check are not asked: they
+    would claim any bytes."""
+    from PIL import Image
+
+    Image.init()
+    for fmt in Image.ID:
+        _, accept = Image.OPEN[fmt]
+        if accept is None:
+            continue
+        try:
+            if accept(head[:SNIFF_BYTES]):
+                return _FORMAT_ALIASES.get(fmt, fmt)
+        except Exception:  # a check that cannot handle a short head: not a match
+            continue
+    return None
+
+
+def _read_head(loc: Location) -> bytes:
+    with loc.open("rb") as fh:
+        return bytes(fh.read(SNIFF_BYTES))
+
+
+class LabelsManifestError(ValueError):
+    """A labels manifest that cannot be used: unreadable, a missing column, a path listed
+    twice with different labels."""
+
+
+def _manifest_url(manifest: Location, path: str) -> str:
+    """A manifest entry as the file URL the listing spells: URLs as they are, absolute
+    paths on the manifest's store, relative ones below the manifest's folder."""
+    if "://" in path:
+        return to_url(path)
+    if path.startswith("/"):
+        return manifest.url_of(posixpath.normpath(path))
+    return manifest.url_of(posixpath.normpath(posixpath.join(
+        posixpath.dirname(manifest.path), path)))
+
+
+def read_labels_manifest(manifest: Location, path_column: str = "path",
+                         label_column: str = "label") -> dict[str, str | None]:
+    """File URL -> label of a CSV (`,`), TSV (`.tsv`) or JSONL (`.jsonl`, `.ndjson`,
+    `.json`) manifest with a header / keys `path_column` and `label_column`. Labels are
+    strings (`3` -> '3'); an empty or null label is None. Raises LabelsManifestError."""
+    try:
+        with manifest.open("rb") as fh:
+            text = fh.read().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsManifestError(f"labels manifest {manifest.url}: {exc}") from exc
+    rows: list[tuple[int, Any, Any]] = []
+    if manifest.name.lower().endswith((".jsonl", ".ndjson", ".json")):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LabelsManifestError(f"labels manifest {manifest.url} line {n}: not "
+                                          f"a JSON object ({exc})") from exc
+            if not isinstance(obj, Mapping) or path_column not in obj:
+                raise LabelsManifestError(f"labels manifest {manifest.url} line {n}: no "
+                                          f"{path_column!r} key")
+            rows.append((n, obj[path_column], obj.get(label_column)))
+    else:
+        delimiter = "\t" if manifest.name.lower().endswith(".tsv") else ","
+        reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+        missing = [c for c in (path_column, label_column) if c not in (reader.fieldnames or ())]
+        if missing:
+            raise LabelsManifestError(f"labels manifest {manifest.url}: the header "
+                                      f"{reader.fieldnames} has no column {missing}")
+        rows = [(n, r[path_column], r[label_column]) for n, r in enumerate(reader, 2)]
+    out: dict[str, str | None] = {}
+    line_of: dict[str, int] = {}
+    for n, path, label in rows:
+        if path is None or not str(path).strip():
+            raise LabelsManifestError(f"labels manifest {manifest.url} line {n}: empty path")
+        url = _manifest_url(manifest, str(path).strip())
+        value = None if label is None or not str(label).strip() else str(label).strip()
+        if url in out and out[url] != value:
+            raise LabelsManifestError(
+                f"labels manifest {manifest.url}: {path!r} has label {out[url]!r} on line "
+                f"{line_of[url]} and {value!r} on line {n}")
+        out[url] = value
+        line_of.setdefault(url, n)
+    return out
+
+
+def manifest_location(cfg: ImageInputConfig, root: Location) -> Location | None:
+    """The labels manifest on the store of `root` (its options), or None."""
+    if cfg.labels.source != "manifest" or not cfg.labels.path:
+        return None
+    return root.at(to_url(cfg.labels.path))
+
+
 def _label(key: Column) -> Column:
     """ImageFolder's class: the first folder below the input root (`<i>/<class>/...`);
     null for a file directly in the root, which ImageFolder would not load at all."""
@@ -173,20 +299,53 @@ def _label(key: Column) -> Column:
     return F.when(F.size(parts) >= 3, F.element_at(parts, 2))
 
 
+def _extension(path: Column) -> Column:
+    return F.lower(F.regexp_extract(path, r"(\.[^./]+)$", 1))
+
+
+def claim_images(cfg: ImageInputConfig, files: Sequence[Location]) -> list[Location]:
+    """Of `files` (names that are no `IMAGE_EXTENSIONS`), those read as images anyway:
+    an extension Pillow reads for a format in `cfg.formats`, or an image signature in
+    the first `SNIFF_BYTES` (`sniff_format`; read on the driver, a few bytes per file)."""
+    registry = image_extensions()
+    claimed = []
+    for loc in files:
+        if registry.get(_ext_of(loc.name)) in cfg.formats or sniff_format(_read_head(loc)):
+            claimed.append(loc)
+    return claimed
+
+
 def ingest_images(spark: SparkSession, cfg: ImageInputConfig,
-                  inputs: Sequence[Location]) -> IngestResult:
-    """Read image files (by `IMAGE_EXTENSIONS`, recursively) under `inputs` into curated
-    image rows (`CURATED_COLUMNS`) and quarantine rows; see the module docstring.
+                  inputs: Sequence[Location], manifest: Location | None = None
+                  ) -> IngestResult:
+    """Read the image files under `inputs` (recursively; judged by content, see the module
+    docstring) into curated image rows (`CURATED_COLUMNS`) and quarantine rows.
 
     `image_id` is the first 16 hex digits of SHA-256 over `<i>/<path relative to input i>`;
-    `content_hash` is the hex SHA-256 of the file's bytes; `label` is the class folder.
-    `n_input` is the number of files listed, so every listed file must come out once;
-    `source` is the file URL (`file:///x/cat/1.png`)."""
-    files = list_input_files(inputs, IMAGE_EXTENSIONS)
+    `content_hash` is the hex SHA-256 of the file's bytes; `label` comes from
+    `cfg.labels` (the class folder by default; `manifest`: the labels manifest, default
+    `manifest_location`). `n_input` is the number of files read, so every one must come
+    out once (the stage adds the files it rejects); `source` is the file URL
+    (`file:///x/cat/1.png`)."""
+    from pipeline.ingest.listing import scan_inputs
+
+    labels = cfg.labels
+    if labels.source == "manifest" and manifest is None:
+        manifest = manifest_location(cfg, inputs[0] if inputs else Location("file:///"))
+    if labels.source == "manifest" and manifest is None:
+        raise LabelsManifestError("inputs.images.labels.source is manifest but "
+                                  "inputs.images.labels.path is not set")
+    by_url = (read_labels_manifest(manifest, labels.path_column, labels.label_column)
+              if manifest is not None and labels.source == "manifest" else None)
+    scan = scan_inputs(inputs, IMAGE_EXTENSIONS, cfg.include, cfg.exclude)
+    files = sorted(scan.files + claim_images(cfg, scan.unsupported), key=lambda f: f.url)
+    named_exts = image_extensions()
+
     uri = F.col("path")  # the file URL, as list_input_files spells it
     key = relative_key(uri, input_roots(inputs))
     listed = read_files(spark, files, max_bytes=cfg.max_bytes).select(
-        "path", "content", "length", uri.alias("source"), key.alias("key"))
+        "path", "content", "length", uri.alias("source"), key.alias("key"),
+        _extension(uri).isin(*IMAGE_EXTENSIONS).alias("named"))
 
     # Files over max_bytes were never read: their content is null, `length` is listed.
     too_large = quarantine_rows(
@@ -199,18 +358,65 @@ def ingest_images(spark: SparkSession, cfg: ImageInputConfig,
     probed = listed.filter(F.col("length") <= cfg.max_bytes).withColumn(
         "p", _probe_udf(cfg.max_pixels, cfg.formats)(F.col("content")))
     p = F.col("p")
-    curated = probed.filter(p.getField("reason").isNull()).select(
+    reason, detail = p.getField("reason"), p.getField("detail")
+    if by_url is not None:
+        assert manifest is not None
+        table = spark.createDataFrame(sorted(by_url.items()),
+                                      "source string, manifest_label string")
+        probed = probed.join(F.broadcast(table), "source", "left")
+        label = F.col("manifest_label")
+        unlabeled = reason.isNull() & label.isNull()
+        reason = F.when(unlabeled, F.lit("UNLABELED_IMAGE")).otherwise(reason)
+        detail = F.when(unlabeled, F.lit(f"no label for this image in the labels manifest "
+                                         f"{manifest.url}")).otherwise(detail)
+    elif labels.source == "none":
+        label = F.lit(None).cast("string")
+    else:
+        label = _label(F.col("key"))
+    probed = probed.select("source", "content", "key", "named", p.alias("p"),
+                           reason.alias("reason"), detail.alias("detail"), label.alias("label"))
+    curated = probed.filter(F.col("reason").isNull()).select(
         stable_id(F.col("key")).alias("image_id"), "source",
         F.col("content").alias("bytes"),
         *[p.getField(name).alias(name)
           for name in ("format", "width", "height", "channels")],
         F.sha2(F.col("content"), 256).alias("content_hash"),
         p.getField("pixel_hash").alias("pixel_hash"),
-        _label(F.col("key")).alias("label"),
+        F.col("label"),
     )
     bad = quarantine_rows(
-        probed.filter(p.getField("reason").isNotNull()), stage="ingest",
-        source=F.col("source"), reason=p.getField("reason"), detail=p.getField("detail"),
+        probed.filter(F.col("reason").isNotNull()), stage="ingest",
+        source=F.col("source"), reason=F.col("reason"), detail=F.col("detail"),
         raw=p.getField("head"))
-    return IngestResult(curated=curated, quarantine=too_large.unionByName(bad), shared=probed,
-                        n_input=len(files))
+    quarantine = too_large.unionByName(bad)
+
+    def figures() -> dict[str, Any]:
+        """Detected formats of the curated images, how many of them carry an extension
+        of another format, how many were read by content only; the labels' source."""
+        lie = ~F.coalesce(F.create_map(*[F.lit(x) for kv in named_exts.items() for x in kv])
+                          [_extension(F.col("source"))] == p.getField("format"), F.lit(False))
+        rows = (probed.filter(F.col("reason").isNull())
+                .groupBy(p.getField("format").alias("format"), lie.alias("lie"),
+                         F.col("named")).count().collect())
+        formats: dict[str, int] = {}
+        for r in rows:
+            formats[r["format"]] = formats.get(r["format"], 0) + r["count"]
+        out: dict[str, Any] = {
+            "formats": dict(sorted(formats.items())),
+            "extension_mismatch": sum(r["count"] for r in rows if r["lie"]),
+            "read_by_content": sum(r["count"] for r in rows if not r["named"]),
+            "labels": {"source": labels.source}}
+        if by_url is not None and manifest is not None:
+            read = {f.url for f in files}
+            out["labels"].update({
+                "manifest": manifest.url, "manifest_entries": len(by_url),
+                "manifest_entries_without_image": sum(u not in read for u in by_url)})
+        return out
+
+    return IngestResult(curated=curated, quarantine=quarantine, shared=probed,
+                        n_input=len(files), figures=figures)
+
+
+def _ext_of(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""

@@ -33,7 +33,10 @@ IMAGE_REASONS: Mapping[str, str] = {
     "PIXEL_LIMIT": "the header claims more than inputs.images.max_pixels pixels",
     "UNSUPPORTED_FORMAT": "a real image in a format not in inputs.images.formats",
     "FILE_TOO_LARGE": "the file is larger than inputs.images.max_bytes",
-    "UNSUPPORTED_FILE": UNSUPPORTED_FILE,
+    "UNLABELED_IMAGE": "labels from a manifest: a good image the manifest does not list, or "
+                       "lists with an empty label",
+    "UNSUPPORTED_FILE": "a file that is no image: neither its name nor its first bytes are an "
+                        "image format's (a JPEG named .svg is read as JPEG)",
 }
 
 TRANSACTION_REASONS: Mapping[str, str] = {

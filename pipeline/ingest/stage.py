@@ -116,8 +116,14 @@ def _scan(cfg: PipelineConfig, modality: str, inputs: Sequence[Location]) -> Fil
 
     spec = modalities.get(modality)
     section = spec.input_config(cfg)
-    return scan_inputs(inputs, spec.input_extensions, getattr(section, "include", ()),
+    scan = scan_inputs(inputs, spec.input_extensions, getattr(section, "include", ()),
                        getattr(section, "exclude", ()), spec.compressed_extensions)
+    if spec.claim_files is not None and scan.unsupported:  # read by content after all
+        claimed = {f.url for f in spec.claim_files(cfg, scan.unsupported)}
+        scan.files = sorted(scan.files + [f for f in scan.unsupported if f.url in claimed],
+                            key=lambda f: f.url)
+        scan.unsupported = [f for f in scan.unsupported if f.url not in claimed]
+    return scan
 
 
 def unsupported_rows(spark: Any, modality: str, files: Sequence[Location]) -> Any:

@@ -25,12 +25,14 @@ if TYPE_CHECKING:
     from pipeline.config import ImageInputConfig, ImageTaskConfig, PipelineConfig
     from pipeline.evaluate.model import TrainedModel
     from pipeline.html import Html
+    from pipeline.storage import Location
     from pipeline.train.task import Task
 
 #: file extensions each detected image format may legitimately carry
 EXTENSIONS: Mapping[str, tuple[str, ...]] = {
     "JPEG": ("jpg", "jpeg", "jpe", "jfif"), "PNG": ("png",), "GIF": ("gif",),
-    "BMP": ("bmp", "dib"), "WEBP": ("webp",), "TIFF": ("tif", "tiff")}
+    "BMP": ("bmp", "dib"), "WEBP": ("webp",), "TIFF": ("tif", "tiff"),
+    "PPM": ("ppm", "pgm", "pbm", "pnm"), "ICO": ("ico",)}
 
 
 def _inputs(cfg: PipelineConfig) -> ImageInputConfig:
@@ -40,7 +42,40 @@ def _inputs(cfg: PipelineConfig) -> ImageInputConfig:
 def _ingest(req: IngestRequest) -> Any:
     from pipeline.ingest.images import ingest_images
 
-    return ingest_images(req.spark, req.cfg.inputs.images, req.inputs)
+    return ingest_images(req.spark, req.cfg.inputs.images, req.inputs,
+                         _manifest(req.cfg))
+
+
+def _claim(cfg: PipelineConfig, files: Sequence[Location]) -> list[Location]:
+    from pipeline.ingest.images import claim_images
+
+    return claim_images(cfg.inputs.images, files)
+
+
+def _manifest(cfg: PipelineConfig) -> Any:
+    """The labels manifest as a Location on the store of `storage.root`, or None."""
+    from pipeline.ingest.images import manifest_location
+
+    return manifest_location(cfg.inputs.images, cfg.storage.location)
+
+
+def _key_parts(cfg: PipelineConfig) -> Mapping[str, Any]:
+    """The labels manifest's content digest: editing it re-runs ingest. A manifest that
+    does not exist is a configuration error, raised while planning (before Spark)."""
+    import hashlib
+
+    from pipeline.config import ConfigError
+
+    manifest = _manifest(cfg)
+    if manifest is None:
+        return {}
+    try:
+        with manifest.open("rb") as fh:
+            digest = hashlib.sha256(fh.read()).hexdigest()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise ConfigError([f"inputs.images.labels.path: {cfg.inputs.images.labels.path!r}: "
+                           f"no such file ({type(exc).__name__})"]) from exc
+    return {"labels_manifest": digest}
 
 
 def _dedup(spark: SparkSession, curated: DataFrame, cfg: PipelineConfig) -> DedupOutput:
@@ -87,8 +122,22 @@ def _synth(out_dir: Any, scale: float, seed: int) -> Any:
 
 def _problems(cfg: PipelineConfig) -> list[str]:
     i = cfg.inputs.images
-    return [f"inputs.images.{k}: must be > 0, got {getattr(i, k)}"
-            for k in ("max_pixels", "max_bytes") if getattr(i, k) <= 0]
+    out = [f"inputs.images.{k}: must be > 0, got {getattr(i, k)}"
+           for k in ("max_pixels", "max_bytes") if getattr(i, k) <= 0]
+    if i.labels.source == "manifest" and not i.labels.path:
+        out.append("inputs.images.labels.path: required with source: manifest (a CSV, TSV "
+                   "or JSONL file of path,label)")
+    if i.labels.source != "manifest" and i.labels.path:
+        out.append(f"inputs.images.labels.path: only read with source: manifest, but source "
+                   f"is {i.labels.source}")
+    return out
+
+
+def _unavailable(cfg: PipelineConfig) -> str | None:
+    if cfg.inputs.images.labels.source == "none":
+        return ("no labels: inputs.images.labels.source is none, so the image classifier "
+                "has nothing to learn (the images are still ingested and deduplicated)")
+    return None
 
 
 def _task_config(cfg: PipelineConfig) -> ImageTaskConfig:
@@ -133,6 +182,10 @@ SPEC = ModalitySpec(
     curated_keys=("image_id",),
     reasons=IMAGE_REASONS,
     dedup=_dedup,
+    input_extensions=tuple(f".{e}" for exts in EXTENSIONS.values() for e in exts),
+    # Other names are read when their content is an image (a JPEG named .svg).
+    claim_files=_claim,
+    ingest_key_parts=_key_parts,
     dedup_report=DedupReportSpec(id_column="image_id", content_column="bytes"),
     quality=QualitySpec(range_columns=("width", "height", "n_bytes"),
                         consistency=_consistency, prepare=_with_n_bytes),
@@ -142,6 +195,7 @@ SPEC = ModalitySpec(
         config=_task_config,
         make_task=_make_task,
         vocabulary_column="label",
+        unavailable=_unavailable,
         # Images are decoded at most max_pixels large: a change changes the model input.
         extra_config=lambda cfg: {"max_pixels": cfg.inputs.images.max_pixels},
         evaluation=EvaluationSpec(

@@ -177,6 +177,9 @@ class ModalitySpec:
     #: .gz/.bz2/.zst
     input_extensions: tuple[str, ...] = ()
     compressed_extensions: tuple[str, ...] = ()
+    #: of the files found whose names are no `input_extensions`, those the modality reads
+    #: anyway, judged by content (images: a JPEG named .svg); (config, files) -> files
+    claim_files: Callable[[PipelineConfig, Sequence[Location]], list[Location]] | None = None
     quality: QualitySpec = field(default_factory=QualitySpec)
     #: config outside `inputs.<modality>` that changes the ingest output, for the cache
     #: key (e.g. a non-secret id of the HMAC key)

@@ -61,7 +61,7 @@ BAD_BYTES: dict[str, list[bytes]] = {
     "TRUNCATED_IMAGE": [_truncated("PNG"), _truncated("JPEG"),
                         _png_claiming(20, 10, idat=b"not a zlib stream" * 4)],  # corrupt
     "PIXEL_LIMIT": [_png_claiming(100_000, 100_000), _png_claiming(5_000, 5_000)],
-    "UNSUPPORTED_FORMAT": [_encode(_picture(), "ICO"), _encode(_picture(), "PPM"),
+    "UNSUPPORTED_FORMAT": [_encode(_picture(), "ICO"), _encode(_picture(), "PCX"),
                            _encode(_picture(), "TGA")],
 }
 
@@ -150,7 +150,8 @@ def test_probe_is_deterministic() -> None:
 @pytest.mark.unit
 def test_reason_list_is_the_fixed_one() -> None:
     assert set(IMAGE_REASONS) == {"UNDECODABLE_IMAGE", "TRUNCATED_IMAGE", "PIXEL_LIMIT",
-                                  "UNSUPPORTED_FORMAT", "FILE_TOO_LARGE", "UNSUPPORTED_FILE"}
+                                  "UNSUPPORTED_FORMAT", "FILE_TOO_LARGE", "UNSUPPORTED_FILE",
+                                  "UNLABELED_IMAGE"}
 
 
 # --------------------------------------------------------------------- integration tests
@@ -183,7 +184,8 @@ def _write_fixture(root: Path) -> dict[str, tuple[str | None, str | None]]:
     for rel, (data, _, _) in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    # Not inputs: other extensions and hidden files.
+    # Not inputs: no image by name or content (the stage quarantines it as
+    # UNSUPPORTED_FILE), and hidden files.
     (root / "cat" / "notes.txt").write_text("not an image")
     (root / "cat" / ".hidden.png").write_bytes(_encode(_picture(), "PNG"))
     return {_uri(root / rel): (reason, fmt) for rel, (_, reason, fmt) in files.items()}
@@ -202,7 +204,10 @@ def fixture_run(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("reason", sorted(IMAGE_REASONS))
+# UNLABELED_IMAGE needs labels from a manifest (tests/ingest/test_image_formats.py);
+# UNSUPPORTED_FILE is the stage's (tests/ingest/test_ingest_stage_inputs.py).
+@pytest.mark.parametrize("reason", sorted(set(IMAGE_REASONS)
+                                          - {"UNLABELED_IMAGE", "UNSUPPORTED_FILE"}))
 def test_each_reason_at_its_source(fixture_run: dict[str, Any], reason: str) -> None:
     want = {s for s, (r, _) in fixture_run["expected"].items() if r == reason}
     got = {q["source"] for q in fixture_run["quarantine"] if q["reason"] == reason}
@@ -271,8 +276,8 @@ def test_deterministic_and_relocatable(spark: Any, fixture_run: dict[str, Any],
 
 @pytest.mark.unit
 def test_listed_extensions() -> None:
-    assert {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"} == set(
-        IMAGE_EXTENSIONS)
+    assert {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm",
+            ".pgm", ".pbm", ".ico"} <= set(IMAGE_EXTENSIONS)
 
 
 @pytest.mark.integration
