@@ -118,8 +118,10 @@ class Tracker:
         if not (self._textfile or self._push_url):
             return
         try:
+            from pipeline import modalities
+
             registry = prometheus.registry_of(
-                prometheus.metric_families(self._figures.values()))
+                prometheus.metric_families(self._figures.values(), modalities.names()))
         except Exception as exc:
             log.warning("Prometheus metrics could not be built (%s: %s)", type(exc).__name__,
                         exc)

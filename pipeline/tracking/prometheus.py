@@ -70,6 +70,8 @@ FAMILIES: tuple[tuple[str, str, str, str | None], ...] = (
      "reason"),
     ("pipeline_stage_duplicate_rows", "counter", "Rows dedup marked duplicate, by rule", "rule"),
     ("pipeline_stage_split_rows", "counter", "Kept rows per split (train, val, test)", "split"),
+    ("pipeline_stage_files", "counter", "Raw files an ingest stage read, rejected or excluded",
+     "kind"),
     ("pipeline_stage_duration_seconds", "gauge",
      "Wall-clock seconds the stage ran in this call (absent when cached)", None),
     ("pipeline_stage_success", "gauge", "1 when the stage is done (ran or cached), 0 when failed",
@@ -99,8 +101,13 @@ def _label(value: str) -> str:
     return "***" if secret_value(value) else value
 
 
-def metric_families(figures: Iterable[StageFigures]) -> list[_Family]:
-    """The metric families of the stages given (pure: no I/O), in the FAMILIES order."""
+def metric_families(figures: Iterable[StageFigures],
+                    modalities: Sequence[str] = ()) -> list[_Family]:
+    """The metric families of the stages given (pure: no I/O), in the FAMILIES order.
+
+    A stage of no modality that counts per modality (`transactions.records` of synth,
+    `text.kept` of the dedup report) reports each under that `modality` label, by the
+    key's first word when it is one of `modalities`."""
     fams: dict[str, _Family] = {}
     for name, kind, help_, extra in FAMILIES:
         full = f"{name}_total" if kind == "counter" else name
@@ -127,7 +134,10 @@ def metric_families(figures: Iterable[StageFigures]) -> list[_Family]:
         train = f.stage.startswith("train/")
         for key, count in sorted(f.rows.items()):
             prefix, _, rest = key.partition(".")
-            if train and key == "epochs":
+            if not f.modality and rest and prefix in modalities:
+                of = (_label(f.run_id), f.stage, prefix)
+                add("pipeline_stage_rows", count, rest, _base=of)
+            elif train and key == "epochs":
                 add("pipeline_train_epochs", count)
             elif rest and prefix == "quarantined":
                 add("pipeline_stage_quarantined_rows", count, rest)
@@ -135,6 +145,8 @@ def metric_families(figures: Iterable[StageFigures]) -> list[_Family]:
                 add("pipeline_stage_duplicate_rows", count, rest)
             elif rest and prefix == "split":
                 add("pipeline_stage_split_rows", count, rest)
+            elif rest and prefix == "files":
+                add("pipeline_stage_files", count, rest)
             else:
                 add("pipeline_stage_rows", count, key)
         if train:

@@ -274,12 +274,20 @@ def test_figures_to_metrics_names_labels_and_masking() -> None:
                                 {"final_metrics": {"train_loss": 0.7, "val_loss": 1e30,
                                                    "samples_per_s": 55.5},
                                  "best_val_loss": float("nan")}),
+        prometheus.StageFigures("r1", "synth", "", "ran", 0.1,
+                                {"text.records": 12, "files.read": 3}),
         prometheus.StageFigures("r1", "evaluate/text", "text", "ran", 1.0, {"examples": 4},
                                 {"metrics": {"bits_per_byte": 2.5, "note": "x",
                                              "pr_auc": None}}),
     ]
-    text = prometheus.exposition(prometheus.registry_of(prometheus.metric_families(figures)))
+    text = prometheus.exposition(prometheus.registry_of(
+        prometheus.metric_families(figures, ("text", "images"))))
     fams = {f.name: f for f in prom_parser.text_string_to_metric_families(text)}
+    # a per-modality count of a stage of no modality carries that modality
+    assert 'pipeline_stage_rows_total{kind="records",modality="text",run_id="r1",' \
+        'stage="synth"} 12.0' in text
+    assert 'pipeline_stage_files_total{kind="read",modality="",run_id="r1",stage="synth"} 3.0' \
+        in text
     assert fams["pipeline_stage_quarantined_rows"].type == "counter"
     got = {(s.name, s.labels.get("reason") or s.labels.get("rule") or s.labels.get("split")
             or s.labels.get("kind") or s.labels.get("metric") or "", s.labels["stage"]): s.value
