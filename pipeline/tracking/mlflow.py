@@ -3,12 +3,12 @@
 The `train/<m>` and `evaluate/<m>` stages of one model log into the same MLflow run, found
 (or created) by its tags: `pipeline.run_id`, `pipeline.modality` and
 `pipeline.train_manifest` (the digest of the train stage's manifest, which the evaluate
-stage lists among its inputs). A model trained again (new config, new data) is a new MLflow
-run; the same model seen again (a cached stage, a resumed run, a second `pipeline run`) is
-the same run. Each stage's logging ends with the tag `pipeline.logged.<train|evaluate>` set
-to the stage's manifest digest: a stage already logged is not logged twice (no doubled
-metric points), and a stage whose logging failed (server down) is logged by the next call
-that sees it, cached or not.
+stage lists among its inputs). A model trained again (new config, data or code) is a new
+MLflow run (MLflow params cannot change); the same model seen again (a cached stage, a
+resumed run, a second `pipeline run`) is the same run. Each stage's logging ends with the
+tag `pipeline.logged.<train|evaluate>` set to the stage's manifest digest: a stage already
+logged is not logged twice (no doubled metric points), and a stage whose logging failed
+(server down) is logged by the next call that sees it, cached or not.
 
 What is logged (docs/tracking.md): the stage's config slice as params (redacted, flattened
 to dotted keys), the per-epoch history of rank 0 (`result.json`, written by rank 0 after
