@@ -147,7 +147,7 @@ def _corpus() -> dict[str, tuple[bytes, dict[int, str | None] | str | None]]:
         # A JSON document (pretty-printed array), not JSON Lines.
         "array.json": _jsonl((b"[", MALFORMED), (b'  {"text": "in an array"},', MALFORMED),
                              (b'  {"text": "last"}', None), (b"]", MALFORMED)),
-        # Names that break paths (spaces, unicode, %, #); glob characters are a case apart.
+        # Names that break paths (spaces, unicode, %, #); glob characters: GLOB_NAMES.
         "a b.jsonl": _jsonl((b'{"text": "space in name"}', None)),
         "ünï©ødé.jsonl": _jsonl((b'{"text": "unicode name"}', None)),
         "100%.jsonl": _jsonl((b'{"text": "percent name"}', None)),
@@ -172,17 +172,17 @@ def _corpus() -> dict[str, tuple[bytes, dict[int, str | None] | str | None]]:
     return files
 
 
-#: glob characters in names (issue 12 rewrites the listing; Spark used to expand them)
+#: glob characters in names: read as the literal names they are (Spark's reader would
+#: expand them: `a1.jsonl` read twice, `a[1].jsonl` lost)
 GLOB_NAMES = {"a[1].jsonl": b'{"text": "bracket name"}\n',
               "a1.jsonl": b'{"text": "plain twin of the bracket name"}\n',
               "b{x,y}.jsonl": b'{"text": "brace name"}\n', "c?.jsonl": b'{"text": "q name"}\n',
               "d*.jsonl": b'{"text": "star name"}\n'}
 
 
-def _write(root: Path, globs: bool) -> dict[str, str | None]:
+def _write(root: Path) -> dict[str, str | None]:
     expected: dict[str, str | None] = {}
-    corpus = ({n: (d, {1: None}) for n, d in GLOB_NAMES.items()} if globs
-              else _corpus())
+    corpus = {**_corpus(), **{n: (d, {1: None}) for n, d in GLOB_NAMES.items()}}
     for name, (data, fate) in corpus.items():
         (root / name).write_bytes(data)
         if isinstance(fate, dict):
@@ -208,10 +208,10 @@ def _rows(stage: Location, prefix: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _run(tmp: Path, globs: bool) -> tuple[dict[str, str | None], dict[str, Any]]:
+def _run(tmp: Path) -> tuple[dict[str, str | None], dict[str, Any]]:
     raw = tmp / "raw"
     raw.mkdir()
-    expected = _write(raw, globs)
+    expected = _write(raw)
     cfg = config_from_dict({
         "run_id": "hostile", "storage": {"root": f"file://{tmp / 'out'}"},
         "modalities": ["text"], "spark": {"shuffle_partitions": 2},
@@ -238,7 +238,7 @@ def _run(tmp: Path, globs: bool) -> tuple[dict[str, str | None], dict[str, Any]]
 
 
 def test_hostile_text_through_ingest_and_dedup(spark: Any, tmp_path: Path) -> None:
-    expected, out = _run(tmp_path, globs=False)
+    expected, out = _run(tmp_path)
     kinds = {key.split(":")[0] for key in expected}
     assert len(kinds) >= 15
     # Every record once, with its expected reason; nothing else curated.
@@ -260,11 +260,3 @@ def test_hostile_text_through_ingest_and_dedup(spark: Any, tmp_path: Path) -> No
     same = [c["doc_id"] for c in out["curated"] if c["text"] == "bom dup"]
     assert len(same) == 2 and sum(d in dropped for d in same) == 1
     assert {dropped[d]["rule"] for d in same if d in dropped} == {"exact"}
-
-
-@pytest.mark.xfail(reason="issue 12 file listing: Spark expands glob characters in the "
-                          "listed file names", strict=False)
-def test_hostile_text_glob_names(spark: Any, tmp_path: Path) -> None:
-    expected, out = _run(tmp_path, globs=True)
-    assert out["got"] == expected
-    assert out["ingest"].row_counts["input"] == len(expected)
