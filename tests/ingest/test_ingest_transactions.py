@@ -245,7 +245,8 @@ def test_resolve_hmac_key(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCap
 @pytest.mark.unit
 def test_reason_order_uses_listed_codes() -> None:
     assert set(REASON_ORDER) <= set(TRANSACTION_REASONS)
-    assert set(TRANSACTION_REASONS) - set(REASON_ORDER) == {"LABEL_CONFLICT"}
+    assert set(TRANSACTION_REASONS) - set(REASON_ORDER) == {"LABEL_CONFLICT",
+                                                           "UNSUPPORTED_FILE"}
 
 
 # ------------------------------------------------------------------------ Spark: parsing
