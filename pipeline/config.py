@@ -294,10 +294,12 @@ class GatesConfig:
 
     max_quarantine_rate: float = 0.2
     max_duplicate_rate: float = 0.5
-    min_image_accuracy: float = 0.0
-    min_fraud_pr_auc: float = 0.0
     max_text_bits_per_byte: float = 16.0
-    # Optional evaluation gates (None: not checked).
+    # Optional evaluation gates (None: not checked). A configured gate whose figure is
+    # undefined (PR-AUC of a test split without positives) fails, so the minimums are off
+    # by default rather than 0.0: a 0.0 minimum would check nothing but definedness.
+    min_image_accuracy: float | None = None
+    min_fraud_pr_auc: float | None = None
     max_text_perplexity: float | None = None
     min_fraud_roc_auc: float | None = None
     min_image_macro_f1: float | None = None
@@ -305,7 +307,8 @@ class GatesConfig:
     def problems(self) -> list[str]:
         """Range problems of the optional evaluation gates, each naming its key."""
         out = []
-        for key in ("min_fraud_roc_auc", "min_image_macro_f1"):
+        for key in ("min_image_accuracy", "min_fraud_pr_auc", "min_fraud_roc_auc",
+                    "min_image_macro_f1"):
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= 1.0:
                 out.append(f"gates.{key}: must be in [0, 1] or null, got {value}")

@@ -85,8 +85,7 @@ def check_values(cfg: PipelineConfig) -> list[str]:
             positive(f"train.{spec.name}.batch_size", tc.batch_size)
             positive(f"train.{spec.name}.lr", tc.lr)
         p.extend(spec.config_problems(cfg))
-    for key in ("max_quarantine_rate", "max_duplicate_rate", "min_image_accuracy",
-                "min_fraud_pr_auc"):
+    for key in ("max_quarantine_rate", "max_duplicate_rate"):
         fraction(f"gates.{key}", getattr(cfg.gates, key))
     p.extend(cfg.spark.problems())
     p.extend(cfg.ray.problems())
