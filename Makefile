@@ -26,8 +26,9 @@ setup: $(STAMP)  ## create .venv and install the package with dev tools (pinned)
 run: setup  ## run the whole pipeline on sample data (local Spark, local Ray)
 	$(BIN)/pipeline run $(if $(CONFIG),--config $(CONFIG)) $(RUN_ARGS)
 
-test: setup lint  ## lint, then every test tier (unit, integration, cluster, chaos), 2 workers
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+test: setup lint  ## lint, then every test tier (unit, integration, cluster, chaos)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder --ignore=tests/cluster
+	$(BIN)/python -m pytest tests/cluster
 
 test-fast: setup  ## unit tests only
 	$(BIN)/python -m pytest -m unit

@@ -391,5 +391,9 @@ def publish_split_table(stage: Location, table: pa.Table, n_files: int = 2,
         with (writer.staging / "data" / f"part-{i:05d}.parquet").open("wb") as fh:
             pq.write_table(part, fh)
     counts = pc.value_counts(table.column("split")).to_pylist()
-    manifest = writer.publish(row_counts={d["values"]: d["counts"] for d in counts})
+    # The row counts a dedup stage publishes (`split.<name>`, `kept`), which the train
+    # stage checks before training.
+    row_counts = {f"split.{d['values']}": d["counts"] for d in counts}
+    row_counts["kept"] = table.num_rows
+    manifest = writer.publish(row_counts=row_counts)
     return manifest.content_digest

@@ -16,6 +16,7 @@ import pytest
 from pipeline import modalities
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.ingest.stage import ReconciliationError, ingest_stage
+from pipeline.ingest.transactions import DEV_HMAC_KEY
 from pipeline.orchestrator import StageFailed, run_pipeline
 from pipeline.orchestrator.stages import stage_from_factory, synth_stage
 from pipeline.storage import (
@@ -174,7 +175,10 @@ def test_spark_submit_runs_the_job(first_run: Path, tmp_path: Path) -> None:
     }))
     spark_submit = Path(sys.executable).parent / "spark-submit"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
-           "PIPELINE_LOG_LEVEL": "DEBUG", "COLUMNS": "250"}
+           "PIPELINE_LOG_LEVEL": "DEBUG", "COLUMNS": "250",
+           # Configured input paths need a key set explicitly; the development key, so
+           # that the tokens equal those of the in-process run on the sample data.
+           "PIPELINE_HMAC_KEY": DEV_HMAC_KEY.decode()}
     result = subprocess.run(
         [str(spark_submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
          "--py-files", str(dist / "pipeline.zip"), str(ROOT / "jobs/ingest.py"),

@@ -27,6 +27,8 @@ def test_ingest_and_dedup_read_and_write_s3_through_storage_options(
         s3_bucket: Any, spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    # Configured input paths: transactions need a real tokenization key.
+    monkeypatch.setenv("PIPELINE_HMAC_KEY", "s3-test-hmac-key-0123456789abcdef")
     gt = generate(tmp_path / "raw", scale=0.05, seed=3, modalities=MODALITIES)
     s3_bucket.fs.put(str(tmp_path / "raw") + "/", s3_bucket.url("raw"), recursive=True)
     cfg = config_from_dict({
