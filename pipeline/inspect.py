@@ -546,12 +546,12 @@ def images_yaml(paths: Sequence[str]) -> str:
 
 def inspect(paths: Sequence[str], modality: str | None = None) -> str:
     """The `pipeline inspect` output for `paths` (YAML with the report as comments)."""
+    from pipeline import modalities
+
     chosen = modality or detect_modality(paths)
-    if chosen == "images":
-        return images_yaml(paths)
-    if chosen == "text":
-        return text_yaml(paths)
-    if chosen != "transactions":
-        raise ValueError(f"inspect knows text, images and transactions, not {chosen!r}")
-    return transactions_yaml(inspect_table(paths))
+    spec = modalities.find(chosen)
+    if spec is None or spec.inspect is None:
+        known = [s.name for s in modalities.specs() if s.inspect is not None]
+        raise ValueError(f"inspect knows {', '.join(known)}, not {chosen!r}")
+    return spec.inspect(paths)
 

@@ -173,7 +173,14 @@ def _section(report: Mapping[str, Any]) -> list[Html]:
     return image_section(report)
 
 
+def _inspect(paths: Sequence[str]) -> str:
+    from pipeline.inspect import images_yaml
+
+    return images_yaml(paths)
+
+
 SPEC = ModalitySpec(
+    inspect=_inspect,
     name="images",
     record="image",
     input_config=_inputs,

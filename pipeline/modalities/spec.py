@@ -180,6 +180,9 @@ class ModalitySpec:
     #: of the files found whose names are no `input_extensions`, those the modality reads
     #: anyway, judged by content (images: a JPEG named .svg); (config, files) -> files
     claim_files: Callable[[PipelineConfig, Sequence[Location]], list[Location]] | None = None
+    #: `pipeline inspect` for files of this modality: paths -> a YAML `inputs` block with
+    #: what was detected as comments (pipeline.inspect)
+    inspect: Callable[[Sequence[str]], str] | None = None
     quality: QualitySpec = field(default_factory=QualitySpec)
     #: config outside `inputs.<modality>` that changes the ingest output, for the cache
     #: key (e.g. a non-secret id of the HMAC key)

@@ -124,7 +124,14 @@ def _samples(cfg: PipelineConfig, trained: TrainedModel, data: Location,
     return text_samples(cfg, trained, data, test)
 
 
+def _inspect(paths: Sequence[str]) -> str:
+    from pipeline.inspect import text_yaml
+
+    return text_yaml(paths)
+
+
 SPEC = ModalitySpec(
+    inspect=_inspect,
     name="text",
     record="document",
     input_config=_inputs,

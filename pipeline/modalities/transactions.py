@@ -181,7 +181,14 @@ def _section(report: Mapping[str, Any]) -> list[Html]:
     return transaction_section(report)
 
 
+def _inspect(paths: Sequence[str]) -> str:
+    from pipeline.inspect import inspect_table, transactions_yaml
+
+    return transactions_yaml(inspect_table(paths))
+
+
 SPEC = ModalitySpec(
+    inspect=_inspect,
     name="transactions",
     record="transaction",
     input_config=_inputs,
