@@ -17,8 +17,11 @@ help:  ## list targets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,tracking]'
+	# torch with pip: pip takes the pinned CPU build from this machine's wheel folder, where
+	# uv would download a CUDA build. Then uv (resolves and downloads in parallel: about a
+	# minute where pip took eight) installs the rest around the torch already there.
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev,tracking]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install the package with dev tools (pinned)
@@ -39,7 +42,7 @@ lint: setup  ## ruff + mypy
 	$(BIN)/mypy pipeline jobs
 
 bench: setup  ## benchmarks: ratios against baselines measured in the same run
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev,bench]'
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 dist: setup  ## wheel + deterministic zip of the package for spark-submit --py-files
