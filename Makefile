@@ -30,9 +30,7 @@ run: setup  ## run the whole pipeline on sample data (local Spark, local Ray)
 	$(BIN)/pipeline run $(if $(CONFIG),--config $(CONFIG)) $(RUN_ARGS)
 
 test: setup lint  ## lint, then every test tier (unit, integration, cluster, chaos)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder \
-	    --ignore=tests/cluster --ignore=tests/test_e2e.py
-	$(BIN)/python -m pytest tests/test_e2e.py tests/cluster
+	$(BIN)/python -m pytest
 
 test-fast: setup  ## unit tests only
 	$(BIN)/python -m pytest -m unit

@@ -39,33 +39,9 @@ def ray_local() -> Iterator[Any]:
     ray.shutdown()
 
 
-#: test modules that take minutes, started first so that `make test`'s two workers end
-#: together (the cluster tests share one set of clusters: they are one unit)
-_LONG_FIRST = ("tests/cluster/", "tests/test_e2e.py", "tests/train/test_fault_tolerance.py",
-               "tests/storage_s3/test_graph_s3.py", "tests/evaluate/test_evaluate_stage.py",
-               "tests/train/test_fraud_task.py", "tests/orchestrator/test_backends.py")
-
-
-def _unit_of(item: pytest.Item) -> str:
-    path = item.nodeid.split("::", 1)[0]
-    return "tests/cluster/" if path.startswith("tests/cluster/") else path
-
-
-def _rank(item: pytest.Item) -> int:
-    unit = _unit_of(item)
-    return next((i for i, p in enumerate(_LONG_FIRST) if unit.startswith(p)),
-                len(_LONG_FIRST))
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For pytest-xdist (`make test` runs `-n 2 --dist loadgroup --no-loadscope-reorder`):
-    a test module is one unit of work, so its module-scoped fixtures run once; all the
-    cluster tests are one unit (they share the loopback clusters); the long units go
-    first. Then skip `gpu` tests on machines without CUDA, saying why."""
-    items.sort(key=_rank)  # stable: collection order within a unit
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_unit_of(item)))
+    """Skip `gpu` tests on machines without CUDA, saying why."""
     _skip_gpu_without_cuda(items)
 
 
