@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,10 +100,16 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: A
     result = _pipeline_run(tmp_path, "cluster", cluster_cfg, env)
     out = result.stdout + result.stderr
 
-    for stage in SPARK_STAGES:
+    for stage in SPARK_STAGES:  # the same files, byte for byte, and the same figures
         ours = read_manifest(Location(f"file://{tmp_path}/cluster/runs/c/{stage}"))
         ref = read_manifest(Location(f"file://{tmp_path}/local/runs/c/{stage}"))
         assert ours.content_digest == ref.content_digest, stage
+        assert [(f.path, f.sha256) for f in ours.files] == [(f.path, f.sha256)
+                                                             for f in ref.files], stage
+        assert ours.row_counts == ref.row_counts and ours.extra == ref.extra, stage
+    # A spec and a result per job: two spark-submit jobs and one Ray job.
+    jobs = sorted(p.name for p in (tmp_path / "cluster/runs/c/_jobs").rglob("*.json"))
+    assert len(jobs) == 6, jobs
     trained = read_manifest(Location(f"file://{tmp_path}/cluster/runs/c/train/transactions"))
     reference = read_manifest(Location(f"file://{tmp_path}/local/runs/c/train/transactions"))
     assert _learned(trained.extra["final_metrics"]) == _learned(reference.extra["final_metrics"])
@@ -123,6 +130,11 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: A
     assert "[ray job pipeline-c-train-transactions-" in out
     assert "training on 2 CPU worker(s)" in out
     assert "joined the Ray cluster of this job" in out
+    # The master ran the stages as applications, the package shipped with --py-files.
+    done = json.loads(urllib.request.urlopen(f"{local_cluster.spark_ui}/json/",
+                                             timeout=10).read())["completedapps"]
+    names = [app["name"] for app in done]
+    assert sum(n in ("pipeline", "pipeline-stage") for n in names) >= len(SPARK_STAGES), names
     # No secret anywhere: not in our log, the job specs and results, manifests, run.json.
     texts = [out] + [p.read_text(errors="replace")
                      for p in (tmp_path / "cluster/runs/c").rglob("*.json")]

@@ -1,4 +1,4 @@
-"""The local clusters of infra/local/cluster.py: both come up on loopback, run a job each,
+"""The local clusters of infra/local/cluster.py: both come up on loopback, run a Ray job,
 refuse Ray clients without the token, and `down` leaves no process behind (checked by
 the `local_cluster` fixture's teardown for every session)."""
 
@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -66,35 +65,6 @@ def test_cluster_has_two_ray_nodes_and_a_spark_worker(local_cluster: LocalCluste
     assert local_cluster.token not in (local_cluster.dir / "cluster.json").read_text()
     for log in (local_cluster.dir / "logs").rglob("*.log"):
         assert local_cluster.token not in log.read_text(errors="replace"), log
-
-
-@pytest.mark.cluster
-def test_spark_submit_runs_on_the_standalone_cluster(local_cluster: LocalCluster,
-                                                     tmp_path: Path) -> None:
-    app = tmp_path / "squares.py"
-    app.write_text(textwrap.dedent("""
-        import socket
-        from pyspark.sql import SparkSession
-
-        spark = SparkSession.builder.appName("squares-on-cluster").getOrCreate()
-        sc = spark.sparkContext
-        total = sc.parallelize(range(1000), 4).map(lambda x: x * x).sum()
-        print("RESULT", total, sc.master)
-        spark.stop()
-    """))
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "SPARK_LOCAL_IP": "127.0.0.1",
-           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [str(BIN / "spark-submit"), "--master", local_cluster.spark_master,
-         "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.memory=512m",
-         "--conf", "spark.driver.host=127.0.0.1", str(app)],
-        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"RESULT {sum(x * x for x in range(1000))} {local_cluster.spark_master}" in (
-        result.stdout)
-    done = _get_json(f"{local_cluster.spark_ui}/json/")["completedapps"]
-    assert "squares-on-cluster" in [app["name"] for app in done]
 
 
 RAY_DRIVER = """

@@ -1,4 +1,5 @@
-"""Stage backends: spark-submit jobs equal local runs; jobs never carry secrets; the Ray
+"""Stage backends (a spark-submit and a Ray job against real clusters, compared with a
+local run: tests/cluster/test_backends_cluster.py): jobs never carry secrets; the Ray
 backend refuses an unauthenticated non-local cluster; a job rebuilds its stage from the
 stage's factory reference, and a stage without one never runs as a job (nor silently in
 this process instead)."""
@@ -6,7 +7,6 @@ this process instead)."""
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
 import types
@@ -18,14 +18,12 @@ from typing import Any
 import pytest
 
 from pipeline.config import ConfigError, PipelineConfig, config_from_dict
-from pipeline.dedup.stage import dedup_stage
 from pipeline.ingest.stage import ingest_stage
 from pipeline.orchestrator import (
     NoFactoryError,
     Stage,
     StageContext,
     StageResult,
-    backend_spark,
     run_pipeline,
 )
 from pipeline.orchestrator.backend_ray import (
@@ -48,11 +46,10 @@ from pipeline.orchestrator.job import (
 )
 from pipeline.orchestrator.package import build_bundle, package_files
 from pipeline.orchestrator.stages import synth_stage
-from pipeline.storage import Location, RunPaths, code_version, is_published, read_manifest
+from pipeline.storage import Location, RunPaths, code_version, is_published
 
 FAKE_KEY = "fake-hmac-key-4f9d2c71e0b8"
 FAKE_TOKEN = "fake-ray-token-8a61c3d5b2f9"
-STAGES = ("ingest/transactions", "dedup/transactions")
 
 
 @pytest.fixture(autouse=True)
@@ -66,10 +63,6 @@ def _cfg(root: Path, **extra: Any) -> PipelineConfig:
                              "modalities": ["transactions"], "synth": {"scale": 0.2},
                              "spark": {"shuffle_partitions": 2, **extra.pop("spark", {})},
                              **extra})
-
-
-def _stages() -> list[Stage]:
-    return [synth_stage(), ingest_stage("transactions"), dedup_stage("transactions")]
 
 
 def _no_spark() -> Any:
@@ -290,63 +283,3 @@ def test_job_spec_with_unknown_factory_is_refused(tmp_path: Path, fake_factories
         capsys.readouterr().err
     with pytest.raises(JobSpecError, match="has no factory reference"):
         make_spec(replace(_one_stage(), factory=""), _ctx(_cfg(tmp_path), tmp_path))
-
-
-def _run_and_collect(cfg: PipelineConfig) -> dict[str, Any]:
-    run_pipeline(cfg, _stages())  # synth is disabled: inputs are configured
-    run = RunPaths(cfg.storage.location, "t")
-    return {name: read_manifest(run.stage(name)) for name in STAGES}
-
-
-def _raw(tmp_path: Path) -> dict[str, Any]:
-    """Sample transactions both runs read (`source` holds the raw file's URI, so the
-    outputs can only be byte-identical when the raw files are the same files)."""
-    from pipeline.synth import generate
-
-    generate(str(tmp_path / "raw"), scale=0.1, seed=0, modalities=["transactions"])
-    return {"transactions": {"paths": [str(tmp_path / "raw" / "transactions")]}}
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(600)
-def test_spark_submit_backend_equals_local(tmp_path: Path, spark: Any,
-                                           monkeypatch: pytest.MonkeyPatch,
-                                           caplog: pytest.LogCaptureFixture) -> None:
-    """ingest + dedup of transactions as spark-submit --master local[2] jobs publish the
-    same files and content digests as the in-process run; the key reaches the job only
-    through the environment: not in argv, specs, results, manifests, run.json or logs."""
-    monkeypatch.setenv("PIPELINE_HMAC_KEY", FAKE_KEY)
-    inputs = _raw(tmp_path)
-    local = _run_and_collect(_cfg(tmp_path / "local", inputs=inputs))
-    argvs: list[list[str]] = []
-    real = backend_spark.run_command
-
-    def recording(argv: list[str], env: dict[str, str], prefix: str,
-                  timeout_s: float | None) -> Any:
-        argvs.append(list(argv))
-        assert env["PIPELINE_HMAC_KEY"] == FAKE_KEY  # the driver's environment has it
-        assert env["PYSPARK_PYTHON"] == sys.executable
-        return real(argv, env, prefix, timeout_s)
-
-    monkeypatch.setattr(backend_spark, "run_command", recording)
-    caplog.set_level(logging.INFO)
-    submitted_root = tmp_path / "submitted"
-    submitted = _run_and_collect(_cfg(submitted_root, inputs=inputs,
-                                      spark={"backend": "spark-submit",
-                                             "submit_master": "local[2]"}))
-    assert len(argvs) == 2 and all("--py-files" in a and "local[2]" in a for a in argvs)
-    for name in STAGES:
-        assert submitted[name].content_digest == local[name].content_digest, name
-        assert [(f.path, f.sha256) for f in submitted[name].files] == \
-            [(f.path, f.sha256) for f in local[name].files]
-        assert submitted[name].extra == local[name].extra, name
-    jobs = sorted((submitted_root / "runs/t/_jobs").rglob("*.json"))
-    assert len(jobs) == 4  # a spec and a result per job
-    streamed = [r.getMessage() for r in caplog.records
-                if r.getMessage().startswith("[spark-submit ")]
-    assert any("job dedup/transactions attempt" in m and "input(s)" in m for m in streamed)
-    everything = [json.dumps(argvs), "\n".join(r.getMessage() for r in caplog.records)]
-    everything += [p.read_text(errors="replace") for p in (submitted_root / "runs/t").rglob("*")
-                   if p.is_file() and p.suffix == ".json"]
-    for text in everything:
-        assert FAKE_KEY not in text
