@@ -191,13 +191,22 @@ def test_killed_pipeline_run_resumes_from_the_checkpoint_with_the_same_metrics(
     assert state["stages"]["train/transactions"]["state"] == "running"  # killed mid-stage
     assert "evaluate/transactions" not in state["stages"]
 
+    # Killed after step HANG_STEP: the last committed checkpoint is that of step 4,
+    # mid-epoch. A newer folder without checkpoint.json (a save cut short) is not one.
+    checkpoints = killed_root / "runs" / RUN_ID / "checkpoints" / "train_transactions"
+    committed = sorted(p.name for p in checkpoints.iterdir()
+                       if (p / "checkpoint.json").is_file())
+    assert committed == ["checkpoint_00000004"], committed
+    (checkpoints / "checkpoint_00000008").mkdir()
+    (checkpoints / "checkpoint_00000008" / "model.pt").write_bytes(b"half a file")
+
     # The second `pipeline run` (in this process, on the session's Ray and Spark: the kill
     # had to be of a real process, the restart need not be) takes over the dead run's lock
     # and resumes training from the last committed checkpoint.
     assert main(["run", "--config", str(config)]) == 0
     result = json.loads((killed_root / "runs" / RUN_ID / "train" / "transactions"
                          / "result.json").read_text())
-    assert result["resumed_from"], "the second run trained from scratch"
+    assert str(result["resumed_from"]).endswith("checkpoint_00000004"), result["resumed_from"]
     got = _final_metrics(paths)
     _assert_close(got[0], want[0])
     _assert_close(got[1], want[1])
