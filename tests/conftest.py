@@ -1,9 +1,12 @@
-"""Shared fixtures: one local Spark session and one local Ray per test session."""
+"""Shared fixtures: one local Spark session, one local Ray and one whole-graph run on
+sample data per test session."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +40,71 @@ def ray_local() -> Iterator[Any]:
     init_ray(RayConfig(num_cpus=2))
     yield ray
     ray.shutdown()
+
+
+#: The sample run's settings: small enough for CI, big enough that every stage has real
+#: work (planted duplicates of every kind, every split with rows, fraud in the test split).
+SAMPLE_SETTINGS: dict[str, Any] = {
+    "run_id": "sample",
+    "synth": {"scale": 0.3, "seed": 5},
+    "spark": {"shuffle_partitions": 2},
+    "ray": {"num_cpus": 2},
+    "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
+              "log_every_steps": 100,
+              "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
+                       "batch_size": 16},
+              "images": {"image_size": 16, "channels": 8, "batch_size": 16},
+              "transactions": {"hidden": 16, "batch_size": 64}},
+    "evaluate": {"batch_size": 64, "num_samples": 2, "max_new_tokens": 8},
+}
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """The default graph run once on sample data, in local mode; the ingest, dedup,
+    evaluate and end-to-end tests read it. A test that changes it must leave it as
+    published (re-running a stage to the same bytes is fine)."""
+
+    root: Path
+    settings: dict[str, Any]
+    outcomes: list[Any]  # the first run's StageOutcomes
+
+    @property
+    def run_id(self) -> str:
+        return str(self.settings["run_id"])
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "runs" / self.run_id
+
+    @property
+    def paths(self) -> Any:
+        from pipeline.storage import Location, RunPaths
+
+        return RunPaths(Location(f"file://{self.root}"), self.run_id)
+
+    def config_dict(self, root: Path | None = None) -> dict[str, Any]:
+        """The settings as a config file holds them, storage root included."""
+        return {**self.settings, "storage": {"root": f"file://{root or self.root}"}}
+
+    def cfg(self, *overrides: str, root: Path | None = None) -> Any:
+        """The run's PipelineConfig, with `key=value` overrides."""
+        from pipeline.config import config_from_dict
+
+        return config_from_dict(self.config_dict(root), list(overrides))
+
+
+@pytest.fixture(scope="session")
+def sample_run(spark: Any, ray_local: Any, tmp_path_factory: pytest.TempPathFactory
+               ) -> SampleRun:
+    """Every stage of the default graph on sample data (synth at scale 0.3), once."""
+    from pipeline.graph import default_stages
+    from pipeline.orchestrator import run_pipeline
+
+    root = tmp_path_factory.mktemp("sample-run")
+    run = SampleRun(root, SAMPLE_SETTINGS, [])
+    run.outcomes.extend(run_pipeline(run.cfg(), default_stages()))
+    return run
 
 
 @pytest.hookimpl(tryfirst=True)

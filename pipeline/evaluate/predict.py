@@ -62,15 +62,18 @@ class PredictResult:
 
 def input_files(source: Location) -> tuple[Location, list[Location]]:
     """(root folder, Parquet files) of a file or folder. A folder with a manifest
-    contributes the Parquet files it lists; otherwise every `*.parquet` below it, skipping
-    hidden and `_`-prefixed entries (staging folders, Spark markers)."""
+    contributes the Parquet files it lists, only those under `data/` when it has them (a
+    dedup stage: its `duplicates/` and `quarantine/` tables are not the data); otherwise
+    every `*.parquet` below it, skipping hidden and `_`-prefixed entries (staging
+    folders, Spark markers)."""
     fs, path = source.filesystem()
     if fs.isfile(path):
         return source.parent, [source]
     if not fs.isdir(path):
         raise FileNotFoundError(f"{source}: no such file or folder")
     if fs.exists(posixpath.join(path, MANIFEST_NAME)):
-        files = published_files(source, suffix=".parquet")
+        files = (published_files(source, prefix="data/", suffix=".parquet")
+                 or published_files(source, suffix=".parquet"))
     else:
         files = [source.at(source.url_of(p)) for p in sorted(fs.find(path))
                  if p.endswith(".parquet") and not any(

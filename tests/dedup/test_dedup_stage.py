@@ -1,17 +1,17 @@
-"""synth -> ingest -> dedup -> report through the runner, checked against ground truth."""
+"""synth -> ingest -> dedup -> report through the runner (the session's sample run,
+tests/conftest.py), checked against ground truth."""
 
 from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import modalities
-from pipeline.config import config_from_dict
 from pipeline.dedup.stage import dedup_report_stage, dedup_stage
 from pipeline.gates import QualityGateError
 from pipeline.ingest.stage import ingest_stage
@@ -22,12 +22,10 @@ from pipeline.synth import GroundTruth
 from pipeline.textnorm import jaccard, word_shingles
 
 pytestmark = pytest.mark.integration
+
+if TYPE_CHECKING:  # conftest is not importable at run time (no packages under tests/)
+    from tests.conftest import SampleRun
 MODALITIES = modalities.names()
-
-
-def _stages() -> list[Any]:
-    return [synth_stage(), *(ingest_stage(m) for m in MODALITIES),
-            *(dedup_stage(m) for m in MODALITIES), dedup_report_stage()]
 
 
 def _table(stage: Location, prefix: str) -> list[dict[str, Any]]:
@@ -39,12 +37,8 @@ def _table(stage: Location, prefix: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, spark: Any) -> RunPaths:
-    root = tmp_path_factory.mktemp("dedup-stage")
-    cfg = config_from_dict({"run_id": "t", "storage": {"root": f"file://{root}"},
-                            "synth": {"scale": 0.3}, "spark": {"shuffle_partitions": 2}})
-    run_pipeline(cfg, _stages())
-    return RunPaths(Location(str(root)), "t")
+def run(sample_run: SampleRun) -> RunPaths:
+    return sample_run.paths  # type: ignore[no-any-return]
 
 
 @pytest.mark.unit
@@ -191,13 +185,14 @@ def test_report_precision_is_judged_on_full_texts(run: RunPaths) -> None:
             f"{text['precision_estimate']['precision']:.3f}") in page
 
 
-def test_failing_gate_stops_with_its_name(run: RunPaths, spark: Any) -> None:
-    cfg = config_from_dict({"run_id": "t", "storage": {"root": run.root.url},
-                            "synth": {"scale": 0.3}, "spark": {"shuffle_partitions": 2},
-                            "modalities": ["transactions"],
-                            "gates": {"max_duplicate_rate": 0.001}})
+def test_failing_gate_stops_with_its_name(sample_run: SampleRun) -> None:
+    stages = [synth_stage(), ingest_stage("transactions"), dedup_stage("transactions")]
+    published = read_manifest(sample_run.paths.stage("dedup/transactions")).digest
     with pytest.raises(StageFailed) as err:
-        run_pipeline(cfg, [synth_stage(), ingest_stage("transactions"),
-                           dedup_stage("transactions")])
+        run_pipeline(sample_run.cfg("gates.max_duplicate_rate=0.001"), stages)
     assert isinstance(err.value.__cause__, QualityGateError)
     assert "max_duplicate_rate" in str(err.value) and "0.001" in str(err.value)
+    # Nothing was published; with the run's own settings the stage is done again, cached.
+    assert read_manifest(sample_run.paths.stage("dedup/transactions")).digest == published
+    outcomes = run_pipeline(sample_run.cfg(), stages)
+    assert [o.state for o in outcomes] == ["cached"] * 3
