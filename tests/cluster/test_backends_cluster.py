@@ -26,6 +26,9 @@ pytestmark = pytest.mark.cluster
 
 FAKE_KEY = "fake-hmac-key-cluster-73b1e9"
 SPARK_STAGES = ("ingest/transactions", "dedup/transactions")
+RAY_STAGES = ("train/transactions", "evaluate/transactions")
+#: every kind of job; the reports (one more spark-submit job, then local HTML) are not run
+SELECTED = (*SPARK_STAGES, *RAY_STAGES)
 
 
 def _config(root: Path, raw: Path, **backends: Any) -> dict[str, Any]:
@@ -47,8 +50,9 @@ def _pipeline_run(tmp_path: Path, name: str, config: dict[str, Any],
                   env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
+    only = [arg for stage in SELECTED for arg in ("--only", stage)]
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config",
-                             str(path)], capture_output=True, text=True, env=env,
+                             str(path), *only], capture_output=True, text=True, env=env,
                             timeout=420, check=False, cwd=tmp_path)
     assert result.returncode == 0, f"{name} run failed:\n{(result.stdout + result.stderr)[-4000:]}"
     return result
@@ -87,7 +91,7 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: A
     # The local-mode reference runs in this process, on the session's Spark and Ray.
     monkeypatch.setenv("PIPELINE_HMAC_KEY", FAKE_KEY)
     run_pipeline(config_from_dict(_config(tmp_path / "local", raw / "transactions")),
-                 default_stages())
+                 default_stages(), selected=SELECTED)
 
     cluster_cfg = _config(tmp_path / "cluster", raw / "transactions", spark={
         "backend": "spark-submit", "submit_master": local_cluster.spark_master,
@@ -107,9 +111,11 @@ def test_cluster_backends_match_local_mode(local_cluster: LocalCluster, spark: A
         assert [(f.path, f.sha256) for f in ours.files] == [(f.path, f.sha256)
                                                              for f in ref.files], stage
         assert ours.row_counts == ref.row_counts and ours.extra == ref.extra, stage
-    # A spec and a result per job: two spark-submit jobs and one Ray job.
-    jobs = sorted(p.name for p in (tmp_path / "cluster/runs/c/_jobs").rglob("*.json"))
-    assert len(jobs) == 6, jobs
+    # A spec and a result per job: ingest and dedup on Spark, train and evaluate on Ray.
+    jobs = (tmp_path / "cluster/runs/c/_jobs")
+    assert sorted(str(p.parent.relative_to(jobs)) for p in jobs.rglob("*.spec.json")) == \
+        sorted(SELECTED)
+    assert len(list(jobs.rglob("*.json"))) == 2 * len(SELECTED)
     trained = read_manifest(Location(f"file://{tmp_path}/cluster/runs/c/train/transactions"))
     reference = read_manifest(Location(f"file://{tmp_path}/local/runs/c/train/transactions"))
     assert _learned(trained.extra["final_metrics"]) == _learned(reference.extra["final_metrics"])

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 TINY: dict[str, Any] = {
     "modalities": ["transactions"],
     "spark": {"shuffle_partitions": 2}, "ray": {"num_cpus": 2},
-    "train": {"epochs": 2, "warmup_steps": 1, "checkpoint_every_steps": 1000,
+    "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
               "log_every_steps": 100, "transactions": {"hidden": 16, "batch_size": 32}},
     "evaluate": {"batch_size": 64},
 }
