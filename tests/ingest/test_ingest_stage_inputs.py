@@ -1,7 +1,7 @@
 """Configured inputs through ingest -> dedup: 100%-clean and 100%-bad inputs of every
 modality publish valid (possibly empty) tables and reconcile; every file found under a
 configured path is read, rejected (UNSUPPORTED_FILE) or excluded, and the manifest says so;
-an empty train split is refused with its counts."""
+and the train stage of a run with nothing left refuses its empty split with the counts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import gzip
 import io
 import os
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ import pytest
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.dedup.stage import dedup_stage
 from pipeline.ingest.stage import ingest_stage
-from pipeline.orchestrator import run_pipeline
+from pipeline.orchestrator import StageFailed, run_pipeline
 from pipeline.orchestrator.stages import synth_stage
 from pipeline.storage import Location, RunPaths, verify_stage
-from pipeline.train.stage import EmptySplitError, check_train_split
+from pipeline.train.stage import EmptySplitError, check_train_split, train_stage
 
 pytestmark = pytest.mark.integration
 
@@ -144,8 +145,14 @@ def test_bad_inputs_publish_empty_curated_and_account_for_every_file(
         dedup = verify_stage(run.stage(f"dedup/{m}")).row_counts
         assert dedup["input"] == dedup["kept"] == dedup["duplicates"] == 0, (m, dedup)
         assert _rows(run.stage(f"dedup/{m}"), "data") == 0
-        with pytest.raises(EmptySplitError, match=r"train split is empty \(train 0, val 0"):
-            check_train_split(m, dedup)
+    # The run goes on to training, which stops with the split counts (nothing to retry).
+    cfg = _cfg(tmp_path, clean=False)
+    for m in MODALITIES:
+        with pytest.raises(StageFailed) as failed:
+            run_pipeline(cfg, [train_stage(m)])
+        assert isinstance(failed.value.__cause__, EmptySplitError), m
+        assert re.search(r"train split is empty \(train 0, val 0, test 0; dedup kept 0 of 0",
+                         str(failed.value)), str(failed.value)
 
 
 @pytest.mark.unit
