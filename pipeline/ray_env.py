@@ -43,11 +43,20 @@ def local_ray_env() -> dict[str, str]:
     """Environment that keeps a local Ray (and Ray Train's MASTER_ADDR) on 127.0.0.1.
 
     It also leaves out Ray Train's preemption watcher, an actor (one more process to start
-    per `fit`) that listens for cloud spot-instance notices a single machine never gets.
-    Set before Ray starts, so the Train controller inherits it; a variable the user set
-    wins (`setdefault`)."""
+    per `fit`) that listens for cloud spot-instance notices a single machine never gets,
+    and shortens the Train controller's poll of its workers from 2 s to 0.25 s: the
+    controller notices that training finished only at its next poll, which cost every
+    local `fit` about 4 s of idle tail (two polls), while polling two local workers four
+    times a second costs nothing measurable. Set before Ray starts, so the Train
+    controller inherits it; a variable the user set wins (`setdefault`)."""
     return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
+#: local_ray_env settings that stay off when joining a cluster: its address must be the
+#: node's real one, and its controller's poll interval is the cluster's own business
+_LOCAL_ONLY = frozenset({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"})
 
 
 def is_local_address(address: str) -> bool:
@@ -127,7 +136,7 @@ def init_ray(cfg: RayConfig, **kwargs: Any) -> None:
     # Before `import ray` wherever this is the first import; the raylet and its workers
     # inherit the environment either way. Only a local Ray is kept off the outward address.
     for key, value in local_ray_env().items():
-        if not joining or key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER":
+        if not joining or key not in _LOCAL_ONLY:
             environ.setdefault(key, value)
     import ray
 
