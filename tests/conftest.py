@@ -49,8 +49,10 @@ SAMPLE_SETTINGS: dict[str, Any] = {
     "synth": {"scale": 0.3, "seed": 5},
     "spark": {"shuffle_partitions": 2},
     "ray": {"num_cpus": 2},
+    # two data-parallel workers: the cluster backend test trains these settings across
+    # two nodes and compares with this run
     "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
-              "log_every_steps": 100,
+              "log_every_steps": 100, "scaling": {"num_workers": 2},
               "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
                        "batch_size": 16},
               "images": {"image_size": 16, "channels": 8, "batch_size": 16},
@@ -92,6 +94,20 @@ class SampleRun:
         from pipeline.config import config_from_dict
 
         return config_from_dict(self.config_dict(root), list(overrides))
+
+    def table(self, stage: str, prefix: str = "data/") -> Any:
+        """The rows stage `stage` (e.g. "dedup/text") published under `prefix`, as one
+        pyarrow Table in manifest order (what the next stage reads)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from pipeline.storage import published_files
+
+        parts = []
+        for loc in published_files(self.paths.stage(stage), prefix=prefix, suffix=".parquet"):
+            with loc.open() as fh:
+                parts.append(pq.read_table(fh))
+        return pa.concat_tables(parts)
 
 
 @pytest.fixture(scope="session")

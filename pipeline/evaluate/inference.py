@@ -254,10 +254,17 @@ def score(ds: ray.data.Dataset, spec: ModelSpec) -> ray.data.Dataset:
     from ray.data import ActorPoolStrategy
 
     ev = spec.cfg.evaluate
-    return ds.map_batches(Predictor, fn_constructor_kwargs={"spec": spec},
-                          batch_size=ev.batch_size, batch_format="pyarrow",
-                          compute=ActorPoolStrategy(size=ev.actors),
-                          num_cpus=ev.cpus_per_actor)
+    scored = ds.map_batches(Predictor, fn_constructor_kwargs={"spec": spec},
+                            batch_size=ev.batch_size, batch_format="pyarrow",
+                            compute=ActorPoolStrategy(size=ev.actors),
+                            num_cpus=ev.cpus_per_actor)
+    # Batches are cut from the blocks in the order they reach the pool. Without a fixed
+    # order, a row meets other neighbours on another run, and a model's float32 output for
+    # a row depends (in its last bits) on the batch it is computed in: the same table once
+    # scored to different bytes. In input order, the batches, hence the scores, are fixed.
+    # (This dataset's own context: the caller's `ds` and the global context are untouched.)
+    scored.context.execution_options.preserve_order = True
+    return scored
 
 
 def _sort_keys(table: pa.Table, id_col: str) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline import modalities
@@ -17,7 +16,7 @@ from pipeline.gates import QualityGateError
 from pipeline.ingest.stage import ingest_stage
 from pipeline.orchestrator import StageFailed, run_pipeline
 from pipeline.orchestrator.stages import stage_from_factory, synth_stage
-from pipeline.storage import Location, RunPaths, published_files, read_manifest, verify_stage
+from pipeline.storage import RunPaths, read_manifest, verify_stage
 from pipeline.synth import GroundTruth
 from pipeline.textnorm import jaccard, word_shingles
 
@@ -28,11 +27,8 @@ if TYPE_CHECKING:  # conftest is not importable at run time (no packages under t
 MODALITIES = modalities.names()
 
 
-def _table(stage: Location, prefix: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for loc in published_files(stage, prefix=prefix, suffix=".parquet"):
-        with loc.open() as fh:
-            rows += pq.read_table(fh).to_pylist()
+def _rows(sample: SampleRun, stage: str, prefix: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = sample.table(stage, prefix).to_pylist()
     return rows
 
 
@@ -50,11 +46,11 @@ def test_stages_rebuild_from_their_factory() -> None:
     assert stages[-1].inputs == tuple(f"dedup/{m}" for m in MODALITIES)
 
 
-def _cluster_of(run: RunPaths, modality: str, key: str) -> dict[str, str]:
+def _cluster_of(sample: SampleRun, modality: str, key: str) -> dict[str, str]:
     """Final cluster of every record of the dedup input, by `key` (an id or `source`)."""
-    stage = run.stage(f"dedup/{modality}")
-    clusters = {row[key]: row["cluster_id"] for row in _table(stage, "data/")}
-    for dup in _table(stage, "duplicates/"):
+    stage = f"dedup/{modality}"
+    clusters = {row[key]: row["cluster_id"] for row in _rows(sample, stage, "data/")}
+    for dup in _rows(sample, stage, "duplicates/"):
         clusters[dup["dropped_id"]] = dup["cluster_id"]
     return clusters
 
@@ -69,15 +65,16 @@ def test_counts_reconcile_end_to_end(run: RunPaths) -> None:
         assert sum(v for k, v in dedup.items() if k.startswith("split.")) == dedup["kept"]
 
 
-def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths) -> None:
+def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths,
+                                                               sample_run: SampleRun) -> None:
     gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
-    curated = _table(run.stage("ingest/text"), "curated/")
+    curated = _rows(sample_run, "ingest/text", "curated/")
     doc_of = {row["source"].split("/synth/", 1)[1]: row["doc_id"] for row in curated}
 
     def where(file: str, line: int | None) -> str:
         return file if line is None else f"{file}:{line}"
 
-    cluster = _cluster_of(run, "text", "doc_id")
+    cluster = _cluster_of(sample_run, "text", "doc_id")
     found = missed = merged_distinct = 0
     for pair in gt.duplicates_for("text"):
         a = doc_of.get(where(pair.original_file, pair.original_line))
@@ -93,23 +90,23 @@ def test_text_planted_duplicates_found_and_distinct_kept_apart(run: RunPaths) ->
     assert merged_distinct == 0
 
 
-def test_images_copies_reencodes_and_resizes_merged(run: RunPaths) -> None:
+def test_images_copies_reencodes_and_resizes_merged(run: RunPaths, sample_run: SampleRun) -> None:
     gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
-    curated = _table(run.stage("ingest/images"), "curated/")
+    curated = _rows(sample_run, "ingest/images", "curated/")
     image_of = {row["source"].split("/synth/", 1)[1]: row["image_id"] for row in curated}
-    cluster = _cluster_of(run, "images", "image_id")
+    cluster = _cluster_of(sample_run, "images", "image_id")
     for pair in gt.duplicates_for("images"):
         if pair.kind in ("exact", "reencode", "resize"):
             assert cluster[image_of[pair.original_file]] == cluster[image_of[pair.copy_file]], pair
 
 
-def test_transaction_replays_retries_and_conflicts(run: RunPaths) -> None:
+def test_transaction_replays_retries_and_conflicts(run: RunPaths, sample_run: SampleRun) -> None:
     gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
-    stage = run.stage("dedup/transactions")
-    dropped = {d["dropped_id"]: d["rule"] for d in _table(stage, "duplicates/")}
+    stage = "dedup/transactions"
+    dropped = {d["dropped_id"]: d["rule"] for d in _rows(sample_run, stage, "duplicates/")}
     quarantined = {q["source"].split("/synth/", 1)[1]: q["reason"]
-                   for q in _table(stage, "quarantine/")}
-    kept = {row["source"].split("/synth/", 1)[1]: row for row in _table(stage, "data/")}
+                   for q in _rows(sample_run, stage, "quarantine/")}
+    kept = {row["source"].split("/synth/", 1)[1]: row for row in _rows(sample_run, stage, "data/")}
 
     def source_of(file: str, line: int | None) -> str:
         return f"{file}:{line}"
@@ -128,10 +125,10 @@ def test_transaction_replays_retries_and_conflicts(run: RunPaths) -> None:
             assert kept[copy]["is_probable_retry"] is True, pair
 
 
-def test_no_cluster_straddles_splits(run: RunPaths) -> None:
+def test_no_cluster_straddles_splits(run: RunPaths, sample_run: SampleRun) -> None:
     for modality in MODALITIES:
         splits: dict[str, set[str]] = {}
-        for row in _table(run.stage(f"dedup/{modality}"), "data/"):
+        for row in _rows(sample_run, f"dedup/{modality}", "data/"):
             splits.setdefault(row["cluster_id"], set()).add(row["split"])
         assert all(len(s) == 1 for s in splits.values()), modality
         assert {s for v in splits.values() for s in v} == {"train", "val", "test"}
@@ -145,13 +142,13 @@ def test_report_is_a_page_with_plots(run: RunPaths) -> None:
     assert read_manifest(run.stage("reports/dedup")).files
 
 
-def test_report_precision_is_judged_on_full_texts(run: RunPaths) -> None:
+def test_report_precision_is_judged_on_full_texts(run: RunPaths, sample_run: SampleRun) -> None:
     # Issue 13.3: the precision estimate was the Jaccard of 600-character excerpts (0.571 on
     # the default run while every sampled pair's true similarity was >= 0.8). Each sampled
     # near-duplicate pair must carry the Jaccard of the two full texts: the planted one where
     # synth planted the pair, and the estimate must follow from those.
     gt = GroundTruth.from_json((run.stage("synth") / "ground_truth.json").path)
-    curated = _table(run.stage("ingest/text"), "curated/")
+    curated = _rows(sample_run, "ingest/text", "curated/")
     doc_of = {row["source"].split("/synth/", 1)[1]: row["doc_id"] for row in curated}
     text_of = {row["doc_id"]: row["text"] for row in curated}
 

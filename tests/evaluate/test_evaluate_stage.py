@@ -24,7 +24,7 @@ from pipeline.evaluate.model import best_checkpoint, load_trained
 from pipeline.evaluate.predict import predict_table
 from pipeline.evaluate.stage import evaluate_stage, failed_report
 from pipeline.orchestrator import StageFailed, run_pipeline
-from pipeline.storage import Location, published_files, read_manifest
+from pipeline.storage import Location, read_manifest
 from pipeline.train.checkpoint import CheckpointMismatchError, CorruptCheckpointError
 from pipeline.train.stage import read_train_result
 from pipeline.train.tasks.text import BOS_ID, EOS_ID, PAD_ID
@@ -45,15 +45,6 @@ def _txn_table() -> pa.Table:
     return table.set_column(table.schema.get_field_index("split"), "split", pa.array(split))
 
 
-def _published_table(stage: Location) -> pa.Table:
-    """The rows a dedup stage published (what train and evaluate read)."""
-    parts = []
-    for loc in published_files(stage, prefix="data/", suffix=".parquet"):
-        with loc.open() as fh:
-            parts.append(pq.read_table(fh))
-    return pa.concat_tables(parts)
-
-
 @pytest.fixture(scope="module")
 def run(sample_run: SampleRun) -> dict[str, Any]:
     """The session's sample run (tests/conftest.py): its train and evaluate stages, and
@@ -61,7 +52,7 @@ def run(sample_run: SampleRun) -> dict[str, Any]:
     paths = sample_run.paths
     return {"root": sample_run.root, "paths": paths, "sample": sample_run,
             "run_id": sample_run.run_id, "outcomes": sample_run.outcomes,
-            "tables": {t: _published_table(paths.stage(f"dedup/{t}")) for t in TASKS}}
+            "tables": {t: sample_run.table(f"dedup/{t}") for t in TASKS}}
 
 
 def _metrics(run: dict[str, Any], task: str) -> dict[str, Any]:
@@ -297,16 +288,12 @@ def test_predict_table_publishes_sorted_predictions_with_lineage(run: dict[str, 
     mine = dict(zip(ids, table.column("fraud_score").to_pylist(), strict=True))
     np.testing.assert_allclose([mine[i] for i in test.column("txn_id").to_pylist()],
                                test.column("fraud_score").to_numpy(), rtol=1e-6)
-    # Deterministic: a second run on the same table writes identical bytes. (On a table
-    # of a few hundred rows, one Ray Data block: on the 2,900-row dedup table the bytes
-    # once differed; see the known issue under `predict_table` in docs/architecture.md.)
-    table_path = tmp_path / "small.parquet"
-    pq.write_table(_txn_table(), table_path)
-    for out in ("p2", "p3"):
-        predict_table(cfg, "transactions", str(table_path), f"file://{tmp_path}/{out}",
-                      checkpoint=first.checkpoint_url)
-    assert ((tmp_path / "p2/predictions/part-00000.parquet").read_bytes()
-            == (tmp_path / "p3/predictions/part-00000.parquet").read_bytes())
+    # Deterministic: a second run on the same multi-block table writes identical bytes
+    # (the batches follow input order, not block arrival: inference.score).
+    predict_table(cfg, "transactions", source, f"file://{tmp_path}/p2",
+                  checkpoint=first.checkpoint_url)
+    assert ((tmp_path / "p1/predictions/part-00000.parquet").read_bytes()
+            == (tmp_path / "p2/predictions/part-00000.parquet").read_bytes())
 
 
 def test_predict_table_names_missing_columns(run: dict[str, Any], tmp_path: Path) -> None:

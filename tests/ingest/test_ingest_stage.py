@@ -54,14 +54,9 @@ def _digests(stage_dir: Path) -> dict[str, str]:
             for p in sorted(stage_dir.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def first_run(sample_run: SampleRun) -> SampleRun:
-    return sample_run
-
-
-def test_every_record_accounted_for(first_run: SampleRun) -> None:
-    run = first_run.paths
-    gt = GroundTruth.from_json(first_run.run_dir / "synth/ground_truth.json")
+def test_every_record_accounted_for(sample_run: SampleRun) -> None:
+    run = sample_run.paths
+    gt = GroundTruth.from_json(sample_run.run_dir / "synth/ground_truth.json")
     for modality in MODALITIES:
         manifest = verify_stage(run.stage(f"ingest/{modality}"))
         counts = manifest.row_counts
@@ -88,13 +83,13 @@ def test_stages_come_from_the_registry_and_rebuild_from_their_factory() -> None:
         ingest_stage("nope")
 
 
-def test_rerun_is_cached_and_a_forced_rerun_is_byte_identical(first_run: SampleRun,
+def test_rerun_is_cached_and_a_forced_rerun_is_byte_identical(sample_run: SampleRun,
                                                               tmp_path: Path) -> None:
     # On a copy of the sample run's synth stage (others read the original run; the
     # outputs name their raw files, so the copy's ingest is not the original's bytes).
-    run_dir = tmp_path / "runs" / first_run.run_id
-    shutil.copytree(first_run.run_dir / "synth", run_dir / "synth")
-    cfg = first_run.cfg(root=tmp_path)
+    run_dir = tmp_path / "runs" / sample_run.run_id
+    shutil.copytree(sample_run.run_dir / "synth", run_dir / "synth")
+    cfg = sample_run.cfg(root=tmp_path)
     outcomes = run_pipeline(cfg, _stages())
     assert [o.state for o in outcomes] == ["cached", "ran", "ran", "ran"]
     outcomes = run_pipeline(cfg, _stages())
@@ -109,16 +104,16 @@ def test_rerun_is_cached_and_a_forced_rerun_is_byte_identical(first_run: SampleR
         assert after == before[modality], f"{modality} output differs between runs"
 
 
-def test_no_card_number_anywhere(first_run: SampleRun) -> None:
+def test_no_card_number_anywhere(sample_run: SampleRun) -> None:
     """Grep every output of the run (Parquet bytes and decoded values, manifests, run.json)
     for every planted card number."""
     import pyarrow.parquet as pq
 
-    gt = GroundTruth.from_json(first_run.run_dir / "synth/ground_truth.json")
+    gt = GroundTruth.from_json(sample_run.run_dir / "synth/ground_truth.json")
     cards = [c for c in gt.card_numbers if sum(ch.isdigit() for ch in c) >= 12]
     assert cards
-    outputs = [p for p in first_run.run_dir.rglob("*")
-               if p.is_file() and "synth" not in p.relative_to(first_run.run_dir).parts]
+    outputs = [p for p in sample_run.run_dir.rglob("*")
+               if p.is_file() and "synth" not in p.relative_to(sample_run.run_dir).parts]
     assert outputs
     for path in outputs:
         blobs = [path.read_bytes()]
@@ -170,16 +165,16 @@ def test_lost_record_fails_the_stage(tmp_path: Path, spark: Any,
 
 
 @pytest.mark.timeout(600)
-def test_spark_submit_runs_the_job(first_run: SampleRun, tmp_path: Path) -> None:
+def test_spark_submit_runs_the_job(sample_run: SampleRun, tmp_path: Path) -> None:
     """`spark-submit --master local[2] jobs/ingest.py` as a real subprocess, with the
     package shipped as a zip: its outputs equal the in-process run's, and neither its
     outputs nor its logs contain a planted card number."""
     dist = tmp_path / "dist"
     shutil.make_archive(str(dist / "pipeline"), "zip", ROOT, "pipeline")
-    raw = first_run.run_dir / "synth"
+    raw = sample_run.run_dir / "synth"
     config = tmp_path / "job.yaml"
     config.write_text(json.dumps({
-        "run_id": first_run.run_id, "storage": {"root": f"file://{tmp_path}/out"},
+        "run_id": sample_run.run_id, "storage": {"root": f"file://{tmp_path}/out"},
         "inputs": {m: {"paths": [str(raw / m)]} for m in MODALITIES},
         "spark": {"shuffle_partitions": 2},
     }))
@@ -196,8 +191,8 @@ def test_spark_submit_runs_the_job(first_run: SampleRun, tmp_path: Path) -> None
         capture_output=True, text=True, env=env, timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
     for modality in MODALITIES:
-        ours = read_manifest(Location(f"{tmp_path}/out/runs/{first_run.run_id}/ingest/{modality}"))
-        reference = read_manifest(first_run.paths.stage(f"ingest/{modality}"))
+        ours = read_manifest(Location(f"{tmp_path}/out/runs/{sample_run.run_id}/ingest/{modality}"))
+        reference = read_manifest(sample_run.paths.stage(f"ingest/{modality}"))
         assert ours.row_counts == reference.row_counts
         assert [(f.path, f.sha256) for f in ours.files] == [(f.path, f.sha256)
                                                              for f in reference.files]
