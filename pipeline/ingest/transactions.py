@@ -58,8 +58,6 @@ literally (whatever their format) before `mask_cards` masks anything card-shaped
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import logging
 import posixpath
 import re
@@ -76,7 +74,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from pipeline.config import TransactionInputConfig, env_secret
+from pipeline.config import TransactionInputConfig
 from pipeline.config_transactions import ROLES, TransactionSchemaConfig, strftime_to_spark
 from pipeline.ingest.common import (
     CARD_MASK,
@@ -97,6 +95,7 @@ from pipeline.ingest.lines import (
     relative_key,
     stable_id,
 )
+from pipeline.ingest.tokens import TOKEN_HEX_CHARS, hmac_pads, hmac_sha256_hex, with_hmac_key
 from pipeline.spark_io import map_files
 from pipeline.storage import Location
 
@@ -113,13 +112,6 @@ REASON_ORDER: tuple[str, ...] = ("MALFORMED_ROW", "MISSING_FIELD", "BAD_AMOUNT",
 CURATED_DDL = ("txn_id string, account_token string, card_token string, amount decimal(18,2), "
                "currency string, ts timestamp, merchant string, mcc string, country string, "
                "is_fraud boolean, source string, content_hash string")
-TOKEN_HEX_CHARS = 32
-# Used only for generated sample data (`pipeline synth`) when the key variable is unset or
-# empty; it is public, so tokens made with it are not secret.
-DEV_HMAC_KEY = b"pipeline-local-development-hmac-key-NOT-SECRET"
-# A shorter key is a placeholder or a typo, not a secret (HMAC-SHA256 wants 32 random bytes).
-MIN_HMAC_KEY_BYTES = 16
-_BLOCK = 64  # SHA-256 block size in bytes
 _DECIMAL_MAX = Decimal("9999999999999999.99")  # the largest decimal(18,2)
 _ACCOUNT_MASK = "[ACCOUNT]"
 _PII_MASK = "[PII]"
@@ -141,76 +133,6 @@ _TS_NO_ZONE_RE = _DATE_TIME + "$"
 
 class CsvHeaderError(ValueError):
     """A CSV file whose header does not name the expected columns in the expected order."""
-
-
-def uses_sample_data(cfg: TransactionInputConfig) -> bool:
-    """True when the transactions come from the synth stage (`pipeline synth`): no
-    `inputs.transactions.paths` configured, so ingest reads the generated sample data."""
-    return not cfg.paths
-
-
-def resolve_hmac_key(cfg: TransactionInputConfig, sample_data: bool) -> bytes:
-    """The HMAC key: the UTF-8 bytes of the variable named by `cfg.hmac_key_env`.
-
-    An unset or empty (or blank) variable gets the public `DEV_HMAC_KEY` only for generated
-    sample data (`sample_data`, see `uses_sample_data`), with a warning; for any configured
-    input it raises, naming the variable, whatever the Spark master: a real card number
-    tokenized with a public key is brute-forced in minutes. A key shorter than
-    `MIN_HMAC_KEY_BYTES` (a placeholder such as REPLACE_ME) is refused too. The key itself
-    is never logged."""
-    var = cfg.hmac_key_env
-    value = env_secret(var)
-    if value is not None and value.strip():
-        key = value.encode("utf-8")
-        if len(key) < MIN_HMAC_KEY_BYTES:
-            raise RuntimeError(
-                f"environment variable {var} holds a {len(key)}-byte HMAC key; card/account "
-                f"tokens need a secret of at least {MIN_HMAC_KEY_BYTES} bytes (e.g. "
-                "`openssl rand -hex 32`; inputs.transactions.hmac_key_env)")
-        return key
-    if sample_data:
-        log.warning("environment variable %s is not set: using the public development HMAC "
-                    "key for the generated sample data; card and account tokens are NOT "
-                    "secret (set %s for real data)", var, var)
-        return DEV_HMAC_KEY
-    raise RuntimeError(
-        f"environment variable {var} is not set (or empty); it must hold the secret key for "
-        "card/account tokens when inputs.transactions.paths names real data (the public "
-        "development key is used only for `pipeline synth` sample data; "
-        "inputs.transactions.hmac_key_env)")
-
-
-def hmac_key_id(key: bytes) -> str:
-    """A non-secret fingerprint of the HMAC key: tokens change when the key does, so the key
-    must be part of the cache key; this id is safe to store, the key is not."""
-    return hmac.new(key, b"pipeline/hmac-key-id", hashlib.sha256).hexdigest()[:12]
-
-
-def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
-    """(K xor ipad, K xor opad) for HMAC-SHA256 (RFC 2104, 64-byte block)."""
-    if not key:
-        raise ValueError("the HMAC key is empty")
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
-
-
-def with_hmac_key(df: DataFrame, key: bytes) -> DataFrame:
-    """`df` plus binary columns `_ipad`, `_opad` for `hmac_sha256_hex`.
-
-    The pads arrive through a broadcast one-row join, not as literals: a literal would be
-    printed in query plans, the Spark UI and event logs, and K xor 0x36 gives K back."""
-    ipad, opad = hmac_pads(key)
-    pads = df.sparkSession.createDataFrame([(bytearray(ipad), bytearray(opad))],
-                                           "_ipad binary, _opad binary")
-    return df.crossJoin(F.broadcast(pads))
-
-
-def hmac_sha256_hex(message: Column, ipad: Column, opad: Column) -> Column:
-    """HMAC-SHA256(K, message) in hex: H((K^opad) || H((K^ipad) || message))."""
-    inner = F.unhex(F.sha2(F.concat(ipad, message.cast("binary")), 256))
-    return F.sha2(F.concat(opad, inner), 256)
 
 
 def luhn_valid(digits: Column) -> Column:

@@ -33,11 +33,8 @@ def _inputs(cfg: PipelineConfig) -> TransactionInputConfig:
 
 
 def _ingest(req: IngestRequest) -> Any:
-    from pipeline.ingest.transactions import (
-        ingest_transactions,
-        resolve_hmac_key,
-        uses_sample_data,
-    )
+    from pipeline.ingest.tokens import resolve_hmac_key, uses_sample_data
+    from pipeline.ingest.transactions import ingest_transactions
 
     t = req.cfg.inputs.transactions
     key = resolve_hmac_key(t, sample_data=uses_sample_data(t))
@@ -48,7 +45,7 @@ def _key_parts(cfg: PipelineConfig) -> Mapping[str, Any]:
     """Tokens change when the HMAC key does: its non-secret id is part of the cache key.
     Resolved by the same rule as `_ingest` (sample data or not, never the Spark master), so
     the id describes the key the ingest uses."""
-    from pipeline.ingest.transactions import hmac_key_id, resolve_hmac_key, uses_sample_data
+    from pipeline.ingest.tokens import hmac_key_id, resolve_hmac_key, uses_sample_data
 
     t = cfg.inputs.transactions
     return {"hmac_key_id": hmac_key_id(resolve_hmac_key(t, sample_data=uses_sample_data(t)))}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pipeline.ingest.transactions import DEV_HMAC_KEY
+from pipeline.ingest.tokens import DEV_HMAC_KEY
 from pipeline.storage import Location, RunPaths, read_manifest
 
 if TYPE_CHECKING:  # conftest is not importable at run time (no packages under tests/)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import TransactionInputConfig, config_from_dict
+from pipeline.ingest.tokens import TOKEN_HEX_CHARS
 from pipeline.ingest.transactions import (
-    TOKEN_HEX_CHARS,
     CsvHeaderError,
     curated_ddl,
     ingest_transactions,

@@ -17,7 +17,7 @@ import pytest
 from pipeline import modalities
 from pipeline.config import PipelineConfig, config_from_dict
 from pipeline.ingest.stage import ReconciliationError, ingest_stage
-from pipeline.ingest.transactions import DEV_HMAC_KEY
+from pipeline.ingest.tokens import DEV_HMAC_KEY
 from pipeline.orchestrator import StageFailed, run_pipeline
 from pipeline.orchestrator.stages import stage_from_factory, synth_stage
 from pipeline.storage import (

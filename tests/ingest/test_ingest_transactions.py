@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import random
 import re
 import shutil
@@ -23,18 +22,14 @@ import pytest
 from pipeline.config import TransactionInputConfig
 from pipeline.ingest.currencies import ISO_4217, MINOR_UNITS
 from pipeline.ingest.reasons import TRANSACTION_REASONS
+from pipeline.ingest.tokens import TOKEN_HEX_CHARS, hmac_sha256_hex, with_hmac_key
 from pipeline.ingest.transactions import (
     COLUMNS,
     CURATED_DDL,
-    DEV_HMAC_KEY,
     REASON_ORDER,
-    TOKEN_HEX_CHARS,
     CsvHeaderError,
-    hmac_sha256_hex,
     ingest_transactions,
     luhn_valid,
-    resolve_hmac_key,
-    with_hmac_key,
 )
 from pipeline.storage import Location, to_url
 
@@ -224,22 +219,6 @@ def test_currency_list() -> None:
     assert (MINOR_UNITS["JPY"], MINOR_UNITS["USD"], MINOR_UNITS["BHD"], MINOR_UNITS["CLF"]) == (
         0, 2, 3, 4)
     assert len(ISO_4217) > 170 and all(len(c) == 3 and c.isupper() for c in ISO_4217)
-
-
-@pytest.mark.unit
-def test_resolve_hmac_key(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-                          ) -> None:
-    cfg = TransactionInputConfig(hmac_key_env="TEST_TXN_HMAC_KEY")
-    monkeypatch.setenv("TEST_TXN_HMAC_KEY", "s3cr3t-value-0123456789")
-    with caplog.at_level(logging.DEBUG):
-        assert resolve_hmac_key(cfg, sample_data=False) == b"s3cr3t-value-0123456789"
-    assert "s3cr3t" not in caplog.text
-    monkeypatch.delenv("TEST_TXN_HMAC_KEY")
-    with caplog.at_level(logging.WARNING, logger="pipeline.ingest.transactions"):
-        assert resolve_hmac_key(cfg, sample_data=True) == DEV_HMAC_KEY
-    assert "TEST_TXN_HMAC_KEY" in caplog.text and "NOT secret" in caplog.text
-    with pytest.raises(RuntimeError, match="TEST_TXN_HMAC_KEY"):
-        resolve_hmac_key(cfg, sample_data=False)
 
 
 @pytest.mark.unit

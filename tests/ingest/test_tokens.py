@@ -1,13 +1,15 @@
-"""The public development HMAC key is used only for generated sample data (issue 13/10)."""
+"""The HMAC key of the card/account tokens: read from its variable and never logged; the
+public development key only for generated sample data (issue 13/10)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import TransactionInputConfig, config_from_dict
-from pipeline.ingest.transactions import (
+from pipeline.ingest.tokens import (
     DEV_HMAC_KEY,
     hmac_key_id,
     resolve_hmac_key,
@@ -56,7 +58,7 @@ def test_sample_data_gets_the_development_key_and_its_id(
     cfg = _cfg(tmp_path, [], master="spark://10.0.0.1:7077")
     t = cfg.inputs.transactions  # type: ignore[attr-defined]
     assert uses_sample_data(t)
-    with caplog.at_level("WARNING", logger="pipeline.ingest.transactions"):
+    with caplog.at_level("WARNING", logger="pipeline.ingest.tokens"):
         assert resolve_hmac_key(t, sample_data=True) == DEV_HMAC_KEY
     assert VAR in caplog.text and "sample data" in caplog.text
     # The id in the cache key describes the key actually used (the development one) ...
@@ -73,3 +75,18 @@ def test_placeholder_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(VAR, "REPLACE_ME")  # infra/k8s/secret.example.yaml's placeholder
     with pytest.raises(RuntimeError, match=rf"{VAR} holds a 10-byte HMAC key"):
         resolve_hmac_key(TransactionInputConfig(hmac_key_env=VAR), sample_data=False)
+
+
+def test_resolve_hmac_key(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+                          ) -> None:
+    cfg = TransactionInputConfig(hmac_key_env="TEST_TXN_HMAC_KEY")
+    monkeypatch.setenv("TEST_TXN_HMAC_KEY", "s3cr3t-value-0123456789")
+    with caplog.at_level(logging.DEBUG):
+        assert resolve_hmac_key(cfg, sample_data=False) == b"s3cr3t-value-0123456789"
+    assert "s3cr3t" not in caplog.text
+    monkeypatch.delenv("TEST_TXN_HMAC_KEY")
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest.tokens"):
+        assert resolve_hmac_key(cfg, sample_data=True) == DEV_HMAC_KEY
+    assert "TEST_TXN_HMAC_KEY" in caplog.text and "NOT secret" in caplog.text
+    with pytest.raises(RuntimeError, match="TEST_TXN_HMAC_KEY"):
+        resolve_hmac_key(cfg, sample_data=False)
