@@ -8,7 +8,7 @@ for the fraud threshold); each returns `(metrics, details)`:
   text: loss, perplexity, bits_per_byte, documents, bytes. images: loss, accuracy,
   macro_f1, `precision.<class>`, `recall.<class>`, `f1.<class>`, rows, unknown_label_rows.
   transactions: roc_auc, pr_auc, threshold, precision, recall, f1 (at the threshold on
-  test), val_f1, rows, positives, fraud_rate.
+  test), val_f1, rows, positives, fraud_rate (of the labelled rows), unlabeled_rows.
 - `details`: JSON-ready structures for the report: the per-class table and confusion
   matrix, ROC/PR curve points (at most `curve_points` each), the threshold's origin, and
   `undefined`: {metric: why} for each metric that is NaN (no positives, an empty split),
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.evaluate import metrics as M
 
@@ -84,6 +85,16 @@ def image_figures(test: pa.Table, labels: Sequence[str]
     return figures, details
 
 
+def _labelled(table: pa.Table, split: str) -> tuple[pa.Table, int]:
+    """The rows of `table` with a fraud label, and how many had none."""
+    missing = table.column("is_fraud").null_count
+    if not missing:
+        return table, 0
+    log.warning("transactions: %d of %d %s rows have no label; the %s figures leave them out",
+                missing, table.num_rows, split, split)
+    return table.filter(pc.is_valid(table.column("is_fraud"))), missing
+
+
 def _curves(scores: np.ndarray, truth: np.ndarray, points: int) -> dict[str, Any]:
     fpr, tpr, _ = M.roc_curve(scores, truth)
     precision, recall, _ = M.pr_curve(scores, truth)
@@ -94,7 +105,13 @@ def _curves(scores: np.ndarray, truth: np.ndarray, points: int) -> dict[str, Any
 
 def fraud_figures(test: pa.Table, val: pa.Table | None, curve_points: int = 200
                   ) -> tuple[dict[str, float], dict[str, Any]]:
-    """ROC-AUC, PR-AUC and precision/recall/F1 at the val-chosen threshold on test."""
+    """ROC-AUC, PR-AUC and precision/recall/F1 at the val-chosen threshold on test.
+
+    Rows without a label (null `is_fraud`) are scored but have no truth: they are left out
+    of every figure (not counted as "not fraud") and counted as `unlabeled_rows`."""
+    test, unlabeled = _labelled(test, "test")
+    if val is not None:
+        val, _ = _labelled(val, "val")
     scores, truth = _col(test, "fraud_score"), _col(test, "is_fraud", bool)
     threshold, val_f1, source = math.nan, math.nan, "val max F1"
     if val is not None and val.num_rows:
@@ -110,14 +127,15 @@ def fraud_figures(test: pa.Table, val: pa.Table | None, curve_points: int = 200
                "threshold": threshold, "precision": at["precision"], "recall": at["recall"],
                "f1": at["f1"], "val_f1": val_f1, "rows": float(len(truth)),
                "positives": positives,
-               "fraud_rate": positives / len(truth) if len(truth) else math.nan}
+               "fraud_rate": positives / len(truth) if len(truth) else math.nan,
+               "unlabeled_rows": float(unlabeled)}
     no_pos = "the test split has no positive labels (no fraud)"
     why = {"roc_auc": no_pos if not positives else "the test split has no negative labels",
            "pr_auc": no_pos, "recall": no_pos, "f1": no_pos,
            "precision": f"no test row scores at or above the threshold {threshold:g}",
            "val_f1": "the val split has no positive labels (or no rows)",
            "threshold": "the val split has no positive labels (or no rows)",
-           "fraud_rate": "the test split has no rows"}
+           "fraud_rate": "the test split has no labelled rows"}
     details = {"threshold_source": source,
                "at_threshold": {k: at[k] for k in ("tp", "fp", "fn", "tn")},
                "undefined": undefined_reasons(figures, why),

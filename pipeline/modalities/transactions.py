@@ -222,7 +222,7 @@ SPEC = ModalitySpec(
             summary=_summary,
             report_section=("scores and threshold", _section),
             headline=("pr_auc", "roc_auc", "threshold", "precision", "recall", "f1",
-                      "val_f1", "rows", "positives", "fraud_rate"),
+                      "val_f1", "rows", "positives", "fraud_rate", "unlabeled_rows"),
             label_column="is_fraud",
             config_columns=_feature_columns,
             # The decision threshold is chosen on val, never on test.

@@ -207,3 +207,27 @@ def test_json_clean_gives_strict_json() -> None:
     assert json.loads(json.dumps(json_clean(value), allow_nan=False)) == {
         "f": 0.5, "i": 3, "nan": None, "inf": None, "d": 1.25, "2": [1, None],
         "t": "2024-01-02", "a": [1.0, None], "b": True}
+
+
+@pytest.mark.unit
+def test_fraud_figures_leave_unlabeled_rows_out() -> None:
+    """Rows with a null label are counted, not scored as "not fraud": every figure equals
+    that of the labelled rows alone."""
+    sv, yv = _scores(7)
+    st, yt = _scores(8)
+
+    def with_gaps(s: np.ndarray, y: np.ndarray) -> pa.Table:
+        # every third row loses its label; its high score would be a false positive
+        labels = [None if i % 3 == 0 else bool(v) for i, v in enumerate(y)]
+        return pa.table({"fraud_score": s + (np.arange(len(s)) % 3 == 0) * 2.0,
+                         "is_fraud": pa.array(labels, pa.bool_())})
+
+    keep = np.arange(len(st)) % 3 != 0
+    keep_v = np.arange(len(sv)) % 3 != 0
+    got, got_details = fraud_figures(with_gaps(st, yt), with_gaps(sv, yv), curve_points=50)
+    ref, ref_details = fraud_figures(pa.table({"fraud_score": st[keep], "is_fraud": yt[keep]}),
+                                     pa.table({"fraud_score": sv[keep_v],
+                                               "is_fraud": yv[keep_v]}), curve_points=50)
+    assert got.pop("unlabeled_rows") == 40 and ref.pop("unlabeled_rows") == 0
+    assert got == pytest.approx(ref) and got["rows"] == 80
+    assert got_details["roc"] == ref_details["roc"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -161,3 +162,43 @@ def test_fraud_learns_on_one_and_two_workers(ray_local: Any, tmp_path: Path,
     assert two.final_metrics["val_roc_auc"] > 0.7
     assert two.final_metrics["val_loss"] == pytest.approx(one.final_metrics["val_loss"],
                                                           rel=0.05)
+
+
+@pytest.mark.unit
+def test_unlabeled_rows_count_nowhere() -> None:
+    """A null label is no label, not "not fraud": such rows add nothing to the loss, its
+    gradient, the fraud rate or the validation histograms, on both input paths."""
+    table = numpy_friendly(synthetic_transactions(64, seed=3, fraud_rate=0.3))
+    flags = table.column("is_fraud").to_pylist()
+    unlabeled = [i % 4 == 1 for i in range(len(flags))]
+    with_nulls = table.set_column(
+        table.schema.get_field_index("is_fraud"), "is_fraud",
+        pa.array([None if u else f for f, u in zip(flags, unlabeled, strict=True)], pa.bool_()))
+    labelled = with_nulls.filter(pa.array([not u for u in unlabeled]))
+    task = FraudTask(TransactionTaskConfig(hidden=16), pos_weight=2.0)
+    torch.manual_seed(0)
+    model = task.build_model()
+
+    model.eval()  # no dropout, so both tables see the same function; eval adds histograms
+
+    def run(t: pa.Table, preprocessed: bool) -> tuple[torch.Tensor, Any, Any]:
+        model.zero_grad()
+        batch = (task.preprocess(t).to_pydict() if preprocessed
+                 else {c: t.column(c).to_numpy(zero_copy_only=False) for c in task.columns})
+        loss, sums = task.loss(model, task.to_tensors(batch, train=False))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss, {k: float(v) for k, v in sums.items()}, grads
+
+    for preprocessed in (False, True):
+        loss, sums, grads = run(with_nulls, preprocessed)
+        ref_loss, ref_sums, ref_grads = run(labelled, preprocessed)
+        assert torch.isfinite(grads).all() and grads.abs().sum() > 0
+        assert float(loss.detach()) == pytest.approx(float(ref_loss.detach()), rel=1e-5)
+        assert torch.allclose(grads, ref_grads, rtol=1e-4, atol=1e-7)
+        assert sums["count"] == labelled.num_rows == 48
+        assert sums == pytest.approx(ref_sums)  # positives and histograms too
+    # The fraud rate (and with it pos_weight) is over the labelled rows only.
+    state = task.prepare(lambda cols: with_nulls.select(list(cols)))
+    positives = sum(1 for f, u in zip(flags, unlabeled, strict=True) if f and not u)
+    assert state["fraud_rate"] == pytest.approx(positives / 48)

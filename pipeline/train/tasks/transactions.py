@@ -247,8 +247,11 @@ class FraudTask:
         declared numeric features; returns the figures that belong in the config digest."""
         table = read_train(["is_fraud", *self.features.numeric])
         flags = table.column("is_fraud")
+        # Unlabeled rows (a null label) are kept by ingest but carry no target: they are
+        # left out of the fraud rate here and out of the loss (see `loss`).
+        labelled = len(flags) - flags.null_count
         positives = int(pc.sum(flags.cast(pa.int64())).as_py() or 0)
-        rate = positives / len(flags) if len(flags) else 0.0
+        rate = positives / labelled if labelled else 0.0
         self.pos_weight = pos_weight_for(rate)
         state: dict[str, Any] = {"fraud_rate": rate, "pos_weight": self.pos_weight,
                                  "dropout": self.dropout}
@@ -290,7 +293,8 @@ class FraudTask:
         cats = self._categories(table.column, arrow=True)
         for i, (c, _) in enumerate(self.features.categorical):
             cols[f"bucket_{c}"] = cats[:, i]
-        target = pc.fill_null(table.column("is_fraud"), False)
+        # NaN marks an unlabeled row (null label): no target, left out of the loss
+        target = table.column("is_fraud").cast(pa.float32())
         cols["target"] = target.to_numpy(zero_copy_only=False).astype(np.float32)
         return pa.table(cols)
 
@@ -311,27 +315,31 @@ class FraudTask:
             rows = {c: v for c, v in batch.items()} or {"_rows": np.zeros(0)}
             numeric = numeric_features(rows, self.features, self.mean, self.std)
             cats = self._categories(lambda c: batch[c], arrow=False)
-            target = np.nan_to_num(_floats(batch["is_fraud"])).astype(np.float32)
+            target = _floats(batch["is_fraud"]).astype(np.float32)  # NaN: unlabeled
         return {"numeric": torch.from_numpy(numeric), "categories": torch.from_numpy(cats),
                 "target": torch.from_numpy(target)}
 
     def loss(self, model: nn.Module, batch: Mapping[str, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        target = batch["target"]
+        # A NaN target is an unlabeled row: it counts nowhere (not as "not fraud"). The
+        # target is zeroed before the loss so that no NaN reaches the gradient.
+        labelled = torch.isfinite(batch["target"])
+        target = torch.where(labelled, batch["target"], 0.0)
         logits = model(batch["numeric"], batch["categories"]).float()
         weight = torch.tensor(self.pos_weight, device=logits.device)
         per_row = F.binary_cross_entropy_with_logits(logits, target, pos_weight=weight,
                                                      reduction="none")
-        loss_sum = per_row.sum()
-        count = target.numel()
+        loss_sum = torch.where(labelled, per_row, 0.0).sum()
+        count = labelled.sum().float()
         sums = {
             "loss_sum": loss_sum.detach(),
-            "count": torch.tensor(float(count), device=logits.device),
+            "count": count.detach(),
             "positives": target.sum().detach(),
         }
         if not model.training:
-            sums.update(score_histograms(torch.sigmoid(logits.detach()), target))
-        return loss_sum / max(count, 1), sums
+            sums.update(score_histograms(torch.sigmoid(logits.detach())[labelled],
+                                         target[labelled]))
+        return loss_sum / count.clamp(min=1.0), sums
 
     def summarize(self, sums: Mapping[str, float]) -> dict[str, float]:
         count = sums.get("count", 0.0)
