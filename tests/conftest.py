@@ -49,10 +49,8 @@ SAMPLE_SETTINGS: dict[str, Any] = {
     "synth": {"scale": 0.3, "seed": 5},
     "spark": {"shuffle_partitions": 2},
     "ray": {"num_cpus": 2},
-    # two data-parallel workers: the cluster backend test trains these settings across
-    # two nodes and compares with this run
     "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
-              "log_every_steps": 100, "scaling": {"num_workers": 2},
+              "log_every_steps": 100,
               "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
                        "batch_size": 16},
               "images": {"image_size": 16, "channels": 8, "batch_size": 16},

@@ -87,6 +87,33 @@ def run_cluster_script(*args: str, timeout: float) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def _run_interruptible(argv: list[str], timeout_s: float, grace_s: float = 60.0,
+                      **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in its own session, output captured. Past `timeout_s` it gets Ctrl-C
+    (SIGINT to its whole process group) as a user would give it: `pipeline run` then stops
+    the Ray job it submitted and spark-submit its application, so a slow run does not leave
+    jobs on the shared cluster for the next test. SIGKILL follows after `grace_s`; then
+    the test fails with the output's tail."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **popen)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"{argv[:4]} ran past {timeout_s:.0f} s and was interrupted:\n"
+                    f"{(out or '')[-4000:]}")
+    finally:
+        if proc.poll() is None:  # the test itself was cut off (pytest-timeout, Ctrl-C)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def load_cluster(cluster_dir: Path) -> LocalCluster:
     """Read `cluster_dir/cluster.json` and the token file it names."""
     state = json.loads((cluster_dir / "cluster.json").read_text())
@@ -132,6 +159,14 @@ def _down(cluster_dir: Path) -> None:
     if result.returncode != 0:  # reported, not raised: teardown must try everything
         print(f"cluster down failed ({result.returncode}):\n{result.stdout}{result.stderr}",
               file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def run_interruptible() -> Any:
+    """`run_interruptible(argv, timeout_s, **popen)`: a subprocess run that is stopped
+    with Ctrl-C past its time, so that it stops its cluster jobs (see
+    `_run_interruptible`)."""
+    return _run_interruptible
 
 
 @pytest.fixture(scope="session")
