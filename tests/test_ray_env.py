@@ -27,14 +27,16 @@ def worker_ip():
     return ray.util.get_node_ip_address()  # what Ray Train uses for MASTER_ADDR
 
 @ray.remote(num_cpus=0)
-def worker_poll_interval():
+def worker_env():
     import os
-    return os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")  # read by the Train controller
+    # read by the Train controller and by Ray Data's Parquet listing, both in workers
+    return {k: os.environ.get(k) for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                                           "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS")}
 
 out = {"driver": ray.util.get_node_ip_address(),
        "nodes": [n["NodeManagerAddress"] for n in ray.nodes()],
        "worker": ray.get(worker_ip.remote(), timeout=120),
-       "poll_interval": ray.get(worker_poll_interval.remote(), timeout=120)}
+       "worker_env": ray.get(worker_env.remote(), timeout=120)}
 ray.shutdown()
 print("RESULT " + json.dumps(out))
 """
@@ -60,6 +62,7 @@ os.environ["PROBE_TOKEN"] = sys.argv[1]
 init_ray(RayConfig(address="10.1.2.3:6379", auth_token_env="PROBE_TOKEN"))
 loader = AuthenticationTokenLoader.instance()
 out.update(poll_interval=os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"),
+           footer_actors=os.environ.get("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"),
            calls=calls, token_mode=get_authentication_mode() == AuthenticationMode.TOKEN,
            sends_ours=loader.has_token() and sys.argv[1] in str(loader.get_raw_token()))
 print("RESULT " + json.dumps(out))
@@ -70,7 +73,8 @@ def _probe(code: str, tmp_path: Path, *args: str, timeout: float) -> tuple[dict,
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "RAY_AUTH_MODE",
                         "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
-                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")}
+                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+                        "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS")}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token of the user's
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
@@ -86,8 +90,10 @@ def test_local_ray_binds_loopback_without_the_variable(tmp_path: Path) -> None:
     assert out["driver"] == "127.0.0.1"
     assert out["nodes"] == ["127.0.0.1"]
     assert out["worker"] == "127.0.0.1"
-    # Ray Train's controller, like every local worker, polls its workers every 0.25 s
-    assert out["poll_interval"] == "0.25"
+    # Ray Train's controller, like every local worker, polls its workers every 0.25 s, and
+    # Ray Data lists Parquet footers with one actor, not 32 worker processes per read
+    assert out["worker_env"] == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+                                 "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 
 
 @pytest.mark.unit
@@ -98,6 +104,7 @@ def test_joining_a_cluster_sends_the_configured_token(tmp_path: Path) -> None:
     assert "10.1.2.3" in out["refused"] and "PROBE_TOKEN" in out["refused"]
     assert out["calls"] == [{"address": "10.1.2.3:6379"}]
     assert out["poll_interval"] is None  # a cluster's controller keeps Ray's own interval
+    assert out["footer_actors"] is None  # and Ray Data its own footer reader pool
     # Ray's own config now sends our token (the old code set the variables after Ray had
     # read them at import, so no token went out).
     assert out["token_mode"] is True and out["sends_ours"] is True
