@@ -77,7 +77,9 @@ def check_values(cfg: PipelineConfig) -> list[str]:
         positive(f"train.{key}", getattr(tr, key))
     if tr.max_failures < -1:
         p.append(f"train.max_failures: must be >= -1 (-1 = unlimited), got {tr.max_failures}")
-    positive("train.scaling.num_workers", tr.scaling.num_workers)
+    if tr.scaling.num_workers < 0:
+        p.append(f"train.scaling.num_workers: must be >= 0 (0 = Ray Train's local mode, in "
+                 f"the driver process), got {tr.scaling.num_workers}")
     positive("train.scaling.cpus_per_worker", tr.scaling.cpus_per_worker)
     for spec in modalities.specs():
         if spec.training is not None:

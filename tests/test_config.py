@@ -29,6 +29,11 @@ def test_defaults_are_valid() -> None:
     assert cfg.split.train + cfg.split.val + cfg.split.test == pytest.approx(1.0)
 
 
+def test_zero_workers_is_ray_train_local_mode() -> None:
+    assert config_from_dict({"train": {"scaling": {"num_workers": 0}}}).train.scaling \
+        .num_workers == 0
+
+
 def test_example_config_loads() -> None:
     cfg = load_config(ROOT / "configs" / "example.yaml")
     assert cfg.train.epochs >= 1
@@ -73,8 +78,10 @@ def test_override_mistakes_join_yaml_mistakes() -> None:
 def test_value_checks_all_reported() -> None:
     with pytest.raises(ConfigError) as err:
         config_from_dict({"split": {"train": 0.9}, "dedup": {"bands": 20, "rows": 8},
-                          "train": {"epochs": 0, "text": {"d_model": 100, "n_heads": 3}}})
+                          "train": {"epochs": 0, "text": {"d_model": 100, "n_heads": 3},
+                                    "scaling": {"num_workers": -1}}})
     problems = err.value.problems
+    assert any(p.startswith("train.scaling.num_workers: must be >= 0") for p in problems)
     assert any(p.startswith("split: train + val + test must sum to 1") for p in problems)
     assert any("dedup.bands x dedup.rows: 20 x 8 = 160 exceeds dedup.num_perm=128" in p
                for p in problems)

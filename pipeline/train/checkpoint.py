@@ -23,11 +23,12 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import posixpath
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,6 +171,33 @@ def upload_checkpoint(local_dir: str, dest_fs: Any, dest_path: str) -> None:
                 dest_fs.open_output_stream(posixpath.join(dest_path, name)) as dst:
             while chunk := src.read(4 * 1024 * 1024):
                 dst.write(chunk)
+
+
+def replace_checkpoint(local_dir: str, dest_fs: Any, dest_path: str) -> None:
+    """`upload_checkpoint`, after removing whatever an interrupted attempt left at
+    `dest_path` (a pyarrow filesystem path)."""
+    import pyarrow.fs as pafs
+
+    if dest_fs.get_file_info(dest_path).type != pafs.FileType.NotFound:
+        dest_fs.delete_dir(dest_path)
+    upload_checkpoint(local_dir, dest_fs, dest_path)
+
+
+def retired(checkpoints: Sequence[tuple[str, CheckpointMeta]], keep: int) -> list[str]:
+    """Of `checkpoints` (oldest first, as `list_checkpoints` gives them), the paths that
+    Ray Train's `CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute="val_loss",
+    checkpoint_score_order="min")` deletes: all but the `keep` with the lowest val_loss
+    (the newer first among equals), and never the newest, which a resume needs."""
+    if len(checkpoints) <= keep:
+        return []
+    def score(meta: CheckpointMeta) -> float:  # NaN or missing ranks last
+        value = float(meta.metrics.get("val_loss", math.inf))
+        return math.inf if math.isnan(value) else value
+
+    newest = checkpoints[-1][0]
+    ranked = sorted((score(meta), -meta.step, path) for path, meta in checkpoints)
+    kept = {path for _, _, path in ranked[:keep]} | {newest}
+    return [path for path, _ in checkpoints if path not in kept]
 
 
 # --- reading ----------------------------------------------------------------------------

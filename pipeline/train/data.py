@@ -167,6 +167,9 @@ class SplitInputs:
     val_rows: int
     chunks: tuple[ray.data.Dataset, ...]
     val_shards: tuple[ray.data.Dataset, ...]
+    #: the same chunks and val shards as Arrow tables, by dataset name, when they were
+    #: prepared on the driver (Ray Train's local mode reads them without Ray Data)
+    tables: Mapping[str, pa.Table] | None = None
 
     @property
     def rows_per_rank(self) -> int:
@@ -180,6 +183,24 @@ class SplitInputs:
         out = {chunk_name(k): c for k, c in enumerate(self.chunks)}
         out.update({val_name(r): v for r, v in enumerate(self.val_shards)})
         return out
+
+
+class ArrowShard:
+    """An Arrow table in this process, iterated like a Ray Data shard of one block: the
+    same consecutive batches, converted by Ray Data's own block accessor. Ray Train's
+    local mode trains on these instead of starting a Ray Data execution per chunk and
+    epoch in the driver."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def iter_batches(self, *, batch_size: int, batch_format: str = "numpy",
+                     prefetch_batches: int = 0) -> Iterator[Any]:
+        from ray.data.block import BlockAccessor
+
+        for start in range(0, self.table.num_rows, batch_size):
+            part = self.table.slice(start, batch_size)
+            yield BlockAccessor.for_block(part).to_batch_format(batch_format)
 
 
 def chunk_name(k: int) -> str:
@@ -237,7 +258,8 @@ def _published_bytes(stage: Location) -> int:
 
 def _prepare_on_driver(stage: Location, columns: Sequence[str], world_size: int,
                        seed: int, chunks_per_rank: int, preprocess: Preprocess | None
-                       ) -> tuple[int, int, int, tuple[Any, ...], tuple[Any, ...]]:
+                       ) -> tuple[int, int, int, tuple[Any, ...], tuple[Any, ...],
+                                  dict[str, pa.Table]]:
     import ray.data
 
     train = read_split_table(stage, "train", columns, seed, preprocess)
@@ -250,12 +272,13 @@ def _prepare_on_driver(stage: Location, columns: Sequence[str], world_size: int,
     chunks_per_rank = max(1, min(chunks_per_rank, n_train // world_size))
     n_chunks = world_size * chunks_per_rank
     per_chunk = n_train // n_chunks  # as Dataset.split(equal=True): the tail is dropped
-    chunks = tuple(ray.data.from_arrow(train.slice(k * per_chunk, per_chunk))
-                   for k in range(n_chunks))
+    tables = {chunk_name(k): train.slice(k * per_chunk, per_chunk) for k in range(n_chunks)}
     bounds = [0, *(n_val * r // world_size for r in range(1, world_size)), n_val]
-    val_shards = tuple(ray.data.from_arrow(val.slice(a, b - a))
-                       for a, b in itertools.pairwise(bounds))
-    return chunks_per_rank, n_train, n_val, chunks, val_shards
+    tables.update({val_name(r): val.slice(a, b - a)
+                   for r, (a, b) in enumerate(itertools.pairwise(bounds))})
+    chunks = tuple(ray.data.from_arrow(tables[chunk_name(k)]) for k in range(n_chunks))
+    val_shards = tuple(ray.data.from_arrow(tables[val_name(r)]) for r in range(world_size))
+    return chunks_per_rank, n_train, n_val, chunks, val_shards, tables
 
 
 def prepare_inputs(stage: Location, columns: Sequence[str], world_size: int, seed: int,
@@ -270,7 +293,7 @@ def prepare_inputs(stage: Location, columns: Sequence[str], world_size: int, see
     the same chunks, row for row."""
     digest = read_manifest(stage).content_digest
     if _published_bytes(stage) <= driver_max_bytes:
-        chunks_per_rank, n_train, n_val, chunks, val_shards = _prepare_on_driver(
+        chunks_per_rank, n_train, n_val, chunks, val_shards, tables = _prepare_on_driver(
             stage, columns, world_size, seed, chunks_per_rank, preprocess)
         n_chunks = len(chunks)
         kept = (n_train // n_chunks) * n_chunks
@@ -278,7 +301,7 @@ def prepare_inputs(stage: Location, columns: Sequence[str], world_size: int, see
                  "equal); val split: %d rows over %d workers (prepared on the driver)",
                  n_train, n_chunks, n_train // n_chunks, n_train - kept, n_val, world_size)
         return SplitInputs(digest, world_size, chunks_per_rank, kept, n_train - kept, n_val,
-                           chunks, val_shards)
+                           chunks, val_shards, tables)
     with _ordered_data_context():
         train = read_split(stage, "train", columns, seed, preprocess)
         train = train.sort(_ORDER).drop_columns([_ORDER]).materialize()

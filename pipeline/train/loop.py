@@ -9,6 +9,11 @@ validation every epoch (metric sums all-reduced, then `task.summarize`), logging
 throughput, checkpoints (every `checkpoint_every_steps` optimizer steps and at each epoch
 end; rank 0 writes, every rank reports) and exact resumption.
 
+Ray Train's local mode (`num_workers=0`) runs this function once, in the driver process,
+as rank 0 of 1. Ray Train then keeps reported checkpoints in memory only, so the loop
+writes them itself (`LoopSpec.local_checkpoints`), with the retention Ray Train applies
+(`checkpoint.retired`); the checkpoint folders are the same either way.
+
 Seeding: every rank seeds torch with `seed` before `build_model`, so all start from the
 same weights; afterwards the global RNGs (dropout) and the augmentation generator are
 seeded with `seed + rank`. Their states are gathered into every checkpoint, so a resumed
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import posixpath
 import random
 import tempfile
 import time
@@ -54,6 +60,24 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclass(frozen=True)
+class LocalCheckpoints:
+    """Where the loop writes checkpoints itself in Ray Train's local mode (Ray Train's
+    experiment folder), and how many it keeps besides the newest (`train.keep_best`)."""
+
+    root: Location
+    keep_best: int
+
+    def commit(self, local_dir: str, name: str) -> None:
+        """Write the checkpoint folder `local_dir` as `<root>/<name>` (checkpoint.json
+        last), then delete those that Ray Train's retention would."""
+        arrow_fs, root = self.root.arrow_filesystem()
+        ckpt.replace_checkpoint(local_dir, arrow_fs, posixpath.join(root, name))
+        fs, path = self.root.filesystem()
+        for gone in ckpt.retired(ckpt.list_checkpoints(fs, path), self.keep_best):
+            fs.rm(gone, recursive=True)
+
+
+@dataclass(frozen=True)
 class LoopSpec:
     """Everything a worker needs, built by the driver (pickled to the workers)."""
 
@@ -79,6 +103,12 @@ class LoopSpec:
     fault: FaultSpec | None = None
     window_batches: int = data.SHUFFLE_WINDOW_BATCHES
     threads: int = 1  # torch intra-op threads per worker (= its CPUs)
+    #: set in Ray Train's local mode (the loop runs in the driver), None on workers
+    local_checkpoints: LocalCheckpoints | None = None
+    #: the device in local mode ("cpu"/"cuda"); None: Ray Train's device for the worker
+    device: str | None = None
+    #: local mode with splits prepared on the driver: the chunks and val shards by name
+    local_tables: Mapping[str, Any] | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -171,7 +201,8 @@ class _Worker:
         self.task: Task = spec.task
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.device = (torch.device(spec.device) if spec.device is not None
+                       else ray.train.torch.get_device())
         torch.set_num_threads(spec.threads)  # as many as the worker reserved CPUs
         seed_all(spec.seed)  # identical initial weights on every rank
         model = self.task.build_model()
@@ -185,9 +216,15 @@ class _Worker:
         self.train_sums = SumAccumulator(self.device)
         resumed = self._restore()
         self.model = ray.train.torch.prepare_model(self.raw_model, move_to_device=False)
-        self.chunks = [ray.train.get_dataset_shard(data.chunk_name(k))
-                       for k in range(spec.n_chunks)]
-        self.val = ray.train.get_dataset_shard(data.val_name(self.rank))
+        self.chunks: list[Any]
+        if spec.local_tables is not None:  # local mode, data prepared here: no Ray Data
+            self.chunks = [data.ArrowShard(spec.local_tables[data.chunk_name(k)])
+                           for k in range(spec.n_chunks)]
+            self.val: Any = data.ArrowShard(spec.local_tables[data.val_name(self.rank)])
+        else:
+            self.chunks = [ray.train.get_dataset_shard(data.chunk_name(k))
+                           for k in range(spec.n_chunks)]
+            self.val = ray.train.get_dataset_shard(data.val_name(self.rank))
         if self.rank == 0:
             where = (f"resumed from {resumed} at step {self.step} (epoch {self.epoch}, batch "
                      f"{self.batch_in_epoch})" if resumed else "starting from scratch")
@@ -258,11 +295,15 @@ class _Worker:
         train_state = {"optimizer": self.optimizer.state_dict(),
                        "scheduler": self.scheduler.state_dict(), "rng": rngs,
                        "epoch_sums": dict(epoch_sums)}
+        name = f"checkpoint_{self.step:08d}"
         with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
             ckpt.write_checkpoint(tmp, model_state, train_state, meta)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{self.step:08d}",
-                             checkpoint_upload_fn=_upload)
+            if self.spec.local_checkpoints is not None:
+                self.spec.local_checkpoints.commit(tmp, name)
+                ray.train.report(metrics)  # local mode keeps the metrics, not the folder
+            else:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=name, checkpoint_upload_fn=_upload)
         log.info("checkpoint at step %d (epoch %d, batch %d) saved", self.step, self.epoch,
                  self.batch_in_epoch)
 
@@ -400,22 +441,20 @@ class _Worker:
 def _upload(checkpoint: Any, dir_name: str) -> Any:
     """Ray Train `checkpoint_upload_fn`: replace any stale folder of an interrupted attempt,
     copy the data files, then checkpoint.json."""
-    import pyarrow.fs as pafs
     import ray.train
 
     storage = ray.train.get_context().get_storage()
     fs = storage.storage_filesystem
     dest = storage.build_checkpoint_path_from_name(dir_name)
-    if fs.get_file_info(dest).type != pafs.FileType.NotFound:
-        fs.delete_dir(dest)
-    ckpt.upload_checkpoint(checkpoint.path, fs, dest)
+    ckpt.replace_checkpoint(checkpoint.path, fs, dest)
     return ray.train.Checkpoint(dest, filesystem=fs)
 
 
 def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     """The function given to TorchTrainer: `config["spec"]` is a LoopSpec."""
-    # Ray Train forwards worker log records to the driver; only our level needs setting.
-    logging.getLogger("pipeline").setLevel(logging.INFO)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per chunk and epoch
     spec: LoopSpec = config["spec"]
+    if spec.local_checkpoints is None:  # a worker process (local mode: the driver's own)
+        # Ray Train forwards worker log records to the driver; only our level needs setting.
+        logging.getLogger("pipeline").setLevel(logging.INFO)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # a line per chunk, epoch
     _Worker(spec).run()

@@ -4,8 +4,12 @@
 modality's training task from its spec (class vocabulary and task statistics from the train
 split), prepares the Ray Data shards (pipeline.train.data), and runs the generic loop
 (pipeline.train.loop) on `cfg.train.scaling.num_workers` workers: NCCL on GPUs, gloo on
-CPUs. It returns a `TrainResult` and writes nothing but checkpoints: the train stage
-(pipeline.train.stage) publishes the result in its own folder.
+CPUs. With `num_workers: 0` it uses Ray Train's local mode: the loop runs in this process,
+as the one rank of one, without worker actors (no start-up of a controller and worker
+processes, about 20 s on 2 cores; no restarts on failure: `max_failures` does not apply),
+with the same data order, hence the same losses and weights, as one worker. It returns a
+`TrainResult` and writes nothing but checkpoints: the train stage (pipeline.train.stage)
+publishes the result in its own folder.
 
 Checkpoints live in `<run>/checkpoints/train_<modality>/checkpoint_<step>/` (RunConfig
 storage_path = `<run>/checkpoints`, name = `train_<modality>`). Resumption:
@@ -37,7 +41,7 @@ from pipeline.ray_env import init_ray
 from pipeline.storage import Location, RunPaths, digest_of, move_tree, read_manifest
 from pipeline.train import UNVALIDATED_LOSS, data
 from pipeline.train import checkpoint as ckpt
-from pipeline.train.loop import FaultSpec, LoopSpec, train_loop_per_worker
+from pipeline.train.loop import FaultSpec, LocalCheckpoints, LoopSpec, train_loop_per_worker
 
 if TYPE_CHECKING:
     from pipeline.modalities import TrainingSpec
@@ -92,18 +96,26 @@ def experiment_name(modality: str) -> str:
     return f"train_{modality}"
 
 
+def world_size(scaling: ScalingConfig) -> int:
+    """Ranks that train: `num_workers`, or 1 in Ray Train's local mode (`num_workers: 0`)."""
+    return max(1, scaling.num_workers)
+
+
 def resolve_use_gpu(scaling: ScalingConfig) -> bool:
-    """`use_gpu: auto` trains on GPUs when the Ray cluster has one per worker."""
+    """`use_gpu: auto` trains on GPUs when the Ray cluster (local mode: this machine) has
+    one per rank."""
     if scaling.use_gpu != "auto":
         return scaling.use_gpu == "yes"
     import ray
 
-    gpus = float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
+    local = scaling.num_workers == 0
+    gpus = (float(ray.cluster_resources().get("GPU", 0.0))
+            if ray.is_initialized() and not local else 0.0)
     if gpus == 0.0:
         import torch
 
         gpus = float(torch.cuda.device_count())
-    return gpus >= scaling.num_workers
+    return gpus >= world_size(scaling)
 
 
 def _warn_if_too_few_nodes(scaling: ScalingConfig) -> None:
@@ -128,7 +140,9 @@ def resume_config(cfg: PipelineConfig, modality: str,
     flat = {f"train.{k}": v for k, v in train.items()}
     flat.update({f"train.{modality}.{k}": v
                  for k, v in to_dict(training_of(modality).config(cfg)).items()})
-    flat["train.scaling.num_workers"] = cfg.train.scaling.num_workers  # data order per rank
+    # The data order per rank; local mode is one rank, so it resumes a one-worker run's
+    # checkpoints and the other way round.
+    flat["train.scaling.num_workers"] = world_size(cfg.train.scaling)
     flat.update({f"task.{k}": v for k, v in task_state.items()})
     return flat
 
@@ -218,6 +232,7 @@ def train_task(cfg: PipelineConfig, modality: str, data_stage: Location, run: Ru
     because its data or config changed) it is moved to `checkpoints/superseded/` instead and
     training starts from scratch."""
     import ray.train
+    import torch
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -258,11 +273,13 @@ def train_task(cfg: PipelineConfig, modality: str, data_stage: Location, run: Ru
                        task_state, (prepare_seconds, 0.0))
 
     preprocess = getattr(task, "preprocess", None)  # optional hook, see pipeline.train.data
-    inputs = data.prepare_inputs(data_stage, task.columns, scaling.num_workers,
+    local = scaling.num_workers == 0
+    inputs = data.prepare_inputs(data_stage, task.columns, world_size(scaling),
                                  cfg.train.seed,
                                  preprocess=preprocess if callable(preprocess) else None)
     prepare_seconds = time.perf_counter() - started
     task_cfg = spec.config(cfg)
+    use_gpu = resolve_use_gpu(scaling)
     loop = LoopSpec(
         task=task, modality=modality, epochs=cfg.train.epochs, seed=cfg.train.seed,
         lr=task_cfg.lr, weight_decay=cfg.train.weight_decay,
@@ -274,28 +291,42 @@ def train_task(cfg: PipelineConfig, modality: str, data_stage: Location, run: Ru
         resume_config=resume, task_state=task_state,
         resume_from=root.at(resumed_from) if resumed_from else None,
         fault=fault if fault is not None else FaultSpec.from_env(),
-        threads=scaling.cpus_per_worker)
-    use_gpu = resolve_use_gpu(scaling)
+        threads=scaling.cpus_per_worker,
+        local_checkpoints=(LocalCheckpoints(root, cfg.train.keep_best) if local else None),
+        device=("cuda" if use_gpu else "cpu") if local else None,
+        local_tables=inputs.tables if local else None)
     _warn_if_too_few_nodes(scaling)
     resources = {"CPU": float(scaling.cpus_per_worker)}
     if use_gpu:
         resources["GPU"] = 1.0
-    log.info("%s: training on %d %s worker(s) (%s), %d train rows/epoch, %d val rows, "
-             "%d optimizer steps; checkpoints in %s", modality, scaling.num_workers,
-             "GPU" if use_gpu else "CPU", "nccl" if use_gpu else "gloo", inputs.train_rows,
-             inputs.val_rows, loop.total_steps, root)
+    where = (f"in this process (Ray Train local mode, {'GPU' if use_gpu else 'CPU'}, "
+             f"{scaling.cpus_per_worker} torch thread(s); no restarts on failure)" if local
+             else f"on {scaling.num_workers} {'GPU' if use_gpu else 'CPU'} worker(s) "
+                  f"({'nccl' if use_gpu else 'gloo'})")
+    log.info("%s: training %s, %d train rows/epoch, %d val rows, %d optimizer steps; "
+             "checkpoints in %s", modality, where, inputs.train_rows, inputs.val_rows,
+             loop.total_steps, root)
+    datasets = dict(inputs.datasets())
+    if local:  # no DataConfig applies in local mode: each dataset keeps its block order
+        for ds in datasets.values():
+            ds.context.execution_options.preserve_order = True
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"spec": loop},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+            num_workers=scaling.num_workers, use_gpu=use_gpu and not local,
+            resources_per_worker=None if local else resources,
             placement_strategy=scaling.placement_strategy),
         run_config=_run_config(cfg, run, modality),
-        datasets=dict(inputs.datasets()),  # type: ignore[arg-type]
+        datasets=datasets,  # type: ignore[arg-type]
         dataset_config=ray.train.DataConfig(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)))
     fit_started = time.perf_counter()
-    trainer.fit()
+    threads = torch.get_num_threads()
+    try:
+        trainer.fit()
+    finally:  # local mode set this process's torch threads
+        torch.set_num_threads(threads)
     fit_seconds = time.perf_counter() - fit_started
     return _result(modality, root, data_digest, config_digest, resumed_from, task_state,
                    (prepare_seconds, fit_seconds))
