@@ -328,6 +328,10 @@ class EvaluateConfig:
     actors: int = 1
     # CPUs (torch threads) per model actor.
     cpus_per_actor: int = 1
+    # The evaluate stages score splits of at most this many rows (by the dedup manifest)
+    # in their own process, without starting the actor pool; 0 = always the pool.
+    # (`pipeline predict` always uses the pool: its tables have no size limit.)
+    in_process_max_rows: int = 5000
     # Generated LM samples in the text report: prompts from the test split.
     num_samples: int = 3
     prompt_chars: int = 40
@@ -346,6 +350,9 @@ class EvaluateConfig:
                            "max_new_tokens") if getattr(self, key) <= 0]
         if self.num_samples < 0:
             out.append(f"evaluate.num_samples: must be >= 0, got {self.num_samples}")
+        if self.in_process_max_rows < 0:
+            out.append(f"evaluate.in_process_max_rows: must be >= 0, got "
+                       f"{self.in_process_max_rows}")
         if self.temperature < 0:
             out.append(f"evaluate.temperature: must be >= 0, got {self.temperature}")
         if self.curve_points < 2:

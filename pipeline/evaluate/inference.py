@@ -1,10 +1,13 @@
-"""Distributed inference: Ray Data `map_batches` through a pool of model actors.
+"""Inference: Ray Data `map_batches` through a pool of model actors, or in this process.
 
 `score(ds, spec)` maps a Dataset of input rows through `Predictor`, a callable class: Ray
 starts `evaluate.actors` actors, each loads and verifies the model once (`load_trained`),
 then turns every Arrow batch into per-row prediction columns with `predict_batch`. The
 conversion of rows into tensors is the task's own (`task.to_tensors(train=False)`), so rows
-are scored exactly as validation scored them during training.
+are scored exactly as validation scored them during training. `score_in_process` does the
+same `predict_batch` calls on tables already in this process, without a pool: for a few
+thousand rows, a pool's start (new worker processes loading torch and the model, about
+10 s on 2 cores) costs more than the scoring (see `scores_in_process`).
 
 Prediction schema (one row per input row; each modality's spec spells it out in
 `evaluation.prediction_schema`):
@@ -27,7 +30,7 @@ for lineage. Output order is made deterministic by the caller (`collect_sorted`,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +40,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import PipelineConfig
+from pipeline.config import EvaluateConfig, PipelineConfig
 from pipeline.evaluate.model import TrainedModel, load_trained
 from pipeline.storage import Location
 from pipeline.train.data import numpy_friendly
@@ -267,6 +270,31 @@ def score(ds: ray.data.Dataset, spec: ModelSpec) -> ray.data.Dataset:
     return scored
 
 
+def scores_in_process(rows: int | None, ev: EvaluateConfig) -> bool:
+    """Whether `rows` input rows (None: not known in advance) are scored in this process
+    rather than through the actor pool: when they are known and at most
+    `evaluate.in_process_max_rows`."""
+    return rows is not None and rows <= ev.in_process_max_rows
+
+
+def score_in_process(trained: TrainedModel, tables: Sequence[pa.Table], batch_size: int,
+                     threads: int) -> pa.Table:
+    """The rows of `tables`, in order, scored in this process `batch_size` rows at a time
+    with `threads` torch threads (as an actor with `evaluate.cpus_per_actor` CPUs would):
+    prediction rows in input order (`sort_predictions` orders them)."""
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    if table is None or not table.num_rows:
+        return pa.table({})
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        parts = [predict_batch(trained, table.slice(start, batch_size), batch_size)
+                 for start in range(0, table.num_rows, batch_size)]
+    finally:
+        torch.set_num_threads(before)
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
 def _sort_keys(table: pa.Table, id_col: str) -> list[tuple[str, str]]:
     keys = [(id_col, "ascending")]
     if ORDER_COLUMN in table.column_names:
@@ -278,11 +306,16 @@ def collect_sorted(ds: ray.data.Dataset, modality: str) -> pa.Table:
     """All prediction rows on the driver, sorted by id (then row key), without the key."""
     import ray
 
-    id_col = id_column(modality)
     parts = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    if not parts:
+    return sort_predictions(pa.concat_tables(parts, promote_options="permissive")
+                            if parts else pa.table({}), modality)
+
+
+def sort_predictions(table: pa.Table, modality: str) -> pa.Table:
+    """Prediction rows sorted by id (then row key), without the key."""
+    id_col = id_column(modality)
+    if not table.num_rows:
         return pa.table({id_col: pa.array([], pa.string())})
-    table = pa.concat_tables(parts, promote_options="permissive")
     table = table.sort_by(_sort_keys(table, id_col))
     return table.drop_columns([c for c in (ORDER_COLUMN,) if c in table.column_names])
 

@@ -6,8 +6,10 @@
    was trained on this run's data: the digest recorded by the train stage and by the
    checkpoint itself must both equal the `dedup/<modality>` manifest's content digest; the
    weights' SHA-256 is verified on load (pipeline.evaluate.model);
-2. scores the spec's splits (`test`, and `val` where a decision threshold is chosen)
-   through the Ray Data actor pool (pipeline.evaluate.inference), sorted by id;
+2. scores the spec's splits (`test`, and `val` where a decision threshold is chosen),
+   sorted by id: in this process when the dedup manifest counts at most
+   `evaluate.in_process_max_rows` rows in them, otherwise through the Ray Data actor
+   pool (pipeline.evaluate.inference);
 3. computes the spec's figures and samples and checks its metric gates;
 4. writes its whole output into the stage folder, published with the manifest:
    `predictions/<split>.parquet`, `metrics.json` (the report's data) and `report.html`;
@@ -32,13 +34,13 @@ from pipeline import modalities
 from pipeline.config import PipelineConfig, to_dict
 from pipeline.evaluate import inference
 from pipeline.evaluate.figures import finite_or_none
-from pipeline.evaluate.model import best_checkpoint, load_trained
+from pipeline.evaluate.model import TrainedModel, best_checkpoint, load_trained
 from pipeline.evaluate.report import write_evaluation_report
 from pipeline.gates import UNDEFINED_KEY, GateResult, QualityGateError, evaluate_gates
 from pipeline.jsonutil import json_clean
 from pipeline.modalities import EvaluationSpec
 from pipeline.orchestrator.stages import Stage, StageContext, StageResult
-from pipeline.storage import Location, RunPaths, read_manifest
+from pipeline.storage import Location, Manifest, RunPaths, read_manifest
 from pipeline.train.checkpoint import CheckpointMismatchError
 
 log = logging.getLogger(__name__)
@@ -85,17 +87,42 @@ def _tag(table: pa.Table, split: str) -> pa.Table:
                                pa.array([split] * table.num_rows, pa.string()))
 
 
-def score_splits(modality: str, data: Location, splits: Sequence[str],
-                 spec: inference.ModelSpec) -> dict[str, pa.Table]:
-    """Sorted prediction rows of each split of the published split stage `data`, scored
-    in one pass through the actor pool (one pool start, however many splits)."""
-    from pipeline.train.data import read_split
+def split_rows(manifest: Manifest, splits: Sequence[str]) -> int | None:
+    """Rows of `splits` by the split stage's manifest (None when it does not count them)."""
+    counts = [manifest.row_counts.get(f"split.{split}") for split in splits]
+    return None if any(c is None for c in counts) else sum(int(c or 0) for c in counts)
 
-    parts = [read_split(data, split, inference.input_columns(modality, cfg=spec.cfg)).map_batches(
-                 partial(_tag, split=split), batch_format="pyarrow")
-             for split in splits]
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    table = inference.collect_sorted(inference.score(ds, spec), modality)
+
+def score_splits(modality: str, data: Location, splits: Sequence[str],
+                 spec: inference.ModelSpec, trained: TrainedModel | None = None,
+                 rows: int | None = None) -> dict[str, pa.Table]:
+    """Sorted prediction rows of each split of the published split stage `data`, scored
+    in one pass: in this process (with `trained`, the model already loaded here) when
+    `rows` is known and small (`inference.scores_in_process`), otherwise through the actor
+    pool (one pool start, however many splits)."""
+    from pipeline.train.data import read_split, read_split_table
+
+    columns = inference.input_columns(modality, cfg=spec.cfg)
+    ev = spec.cfg.evaluate
+    if trained is not None and inference.scores_in_process(rows, ev):
+        log.info("%s: scoring %s rows of the %s split(s) in this process (at most "
+                 "evaluate.in_process_max_rows = %s; a pool of model actors would take "
+                 "longer to start)", modality, f"{rows:,}", "/".join(splits),
+                 f"{ev.in_process_max_rows:,}")
+        scored = inference.score_in_process(
+            trained, [_tag(read_split_table(data, split, columns), split) for split in splits],
+            ev.batch_size, ev.cpus_per_actor)
+        table = inference.sort_predictions(scored, modality)
+    else:
+        log.info("%s: scoring %s rows of the %s split(s) on %d model actor(s) (more than "
+                 "evaluate.in_process_max_rows = %s)", modality,
+                 "?" if rows is None else f"{rows:,}", "/".join(splits), ev.actors,
+                 f"{ev.in_process_max_rows:,}")
+        parts = [read_split(data, split, columns).map_batches(partial(_tag, split=split),
+                                                             batch_format="pyarrow")
+                 for split in splits]
+        ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        table = inference.collect_sorted(inference.score(ds, spec), modality)
     if not table.num_rows:
         raise ValueError(f"{data}: no rows in the {'/'.join(splits)} split(s); nothing "
                          f"to evaluate (see the split.* ratios)")
@@ -119,7 +146,8 @@ def run_evaluate(ctx: StageContext, modality: str) -> StageResult:
     name = f"evaluate/{modality}"
     data_name, train_name = f"dedup/{modality}", f"train/{modality}"
     data = ctx.input(data_name)
-    data_digest = (ctx.inputs.get(data_name) or read_manifest(data)).content_digest
+    data_manifest = ctx.inputs.get(data_name) or read_manifest(data)
+    data_digest = data_manifest.content_digest
     ref = best_checkpoint(ctx.input(train_name))
     if ref.data_digest != data_digest:
         raise CheckpointMismatchError(
@@ -130,7 +158,8 @@ def run_evaluate(ctx: StageContext, modality: str) -> StageResult:
     init_ray(cfg.ray)
     model = inference.ModelSpec(cfg, modality, trained.checkpoint, trained.checkpoint_digest,
                                 trained.task_state)
-    predictions = score_splits(modality, data, ev.splits, model)
+    predictions = score_splits(modality, data, ev.splits, model, trained,
+                               split_rows(data_manifest, ev.splits))
     if not predictions["test"].num_rows:
         raise ValueError(f"{data}: the test split has no rows; nothing to evaluate")
     labels = list(trained.task_state.get("labels") or [])

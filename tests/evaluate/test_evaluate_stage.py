@@ -304,3 +304,37 @@ def test_predict_table_names_missing_columns(run: dict[str, Any], tmp_path: Path
         predict_table(run["sample"].cfg(), "transactions", str(tmp_path / "bad.parquet"),
                       f"file://{tmp_path}/out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_scoring_in_process_equals_the_actor_pool(run: dict[str, Any], task: str) -> None:
+    """The sample run scored its splits in its own process (they are small); the actor
+    pool gives the same rows, in the same order, with the same values."""
+    from pipeline.evaluate import inference
+    from pipeline.evaluate.stage import score_splits, split_rows
+
+    cfg = run["sample"].cfg()
+    data = run["paths"].stage(f"dedup/{task}")
+    splits = ("val", "test") if task == "transactions" else ("test",)
+    rows = split_rows(read_manifest(data), splits)
+    assert rows is not None and inference.scores_in_process(rows, cfg.evaluate)
+    assert not inference.scores_in_process(None, cfg.evaluate)  # size unknown: the pool
+    assert not inference.scores_in_process(rows, cfg.evaluate.__class__(
+        in_process_max_rows=rows - 1))
+    trained = _model(run, task)
+    spec = inference.ModelSpec(cfg, task, trained.checkpoint, trained.checkpoint_digest,
+                               trained.task_state)
+    here = score_splits(task, data, splits, spec, trained, rows)
+    pool = score_splits(task, data, splits, spec)  # no model here: the pool
+    for split in splits:
+        assert here[split].num_rows == pool[split].num_rows > 0
+        assert here[split].schema == pool[split].schema
+        published = _predictions(run, task, split)
+        assert published.equals(here[split])  # the stage's output: scored in process
+        for name in here[split].column_names:
+            a, b = here[split].column(name), pool[split].column(name)
+            if pa.types.is_floating(a.type):
+                np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-6, atol=1e-9,
+                                           err_msg=name)
+            else:
+                assert a.equals(b), name
