@@ -30,8 +30,14 @@ def spark() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[Any]:
-    """An in-process Ray with 2 CPUs, shut down at the end of the session."""
+def ray_local(spark: Any) -> Iterator[Any]:
+    """An in-process Ray with 2 CPUs, shut down at the end of the session.
+
+    Started after the session's Spark: with Ray first, launching Spark's JVM from this
+    process later broke Ray's connection to its GCS ("Error while unregistering the
+    subscriber: Missing :authority header", then no GCS reply: the next
+    `ray.cluster_resources()` or Ray Data execution in this process hung), seen when a
+    Ray-only test module ran before the first Spark one."""
     import ray
 
     from pipeline.config import RayConfig
@@ -49,8 +55,10 @@ SAMPLE_SETTINGS: dict[str, Any] = {
     "synth": {"scale": 0.3, "seed": 5},
     "spark": {"shuffle_partitions": 2},
     "ray": {"num_cpus": 2},
+    # Ray Train's local mode (the loop in this process): the stages around training are
+    # what these tests check; Ray Train's workers have their own tests (tests/train/).
     "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
-              "log_every_steps": 100,
+              "log_every_steps": 100, "scaling": {"num_workers": 0},
               "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
                        "batch_size": 16},
               "images": {"image_size": 16, "channels": 8, "batch_size": 16},

@@ -85,7 +85,7 @@ def test_own_text_and_image_folders_run_through_the_whole_graph(
         "storage": {"root": f"file://{tmp_path / 'store'}"},
         "spark": {"shuffle_partitions": 2}, "ray": {"num_cpus": 2},
         "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
-                  "log_every_steps": 100,
+                  "log_every_steps": 100, "scaling": {"num_workers": 0},
                   "text": {"seq_len": 64, "d_model": 32, "n_layers": 1, "n_heads": 2,
                            "batch_size": 16},
                   "images": {"image_size": 16, "channels": 8, "batch_size": 16}},

@@ -47,7 +47,7 @@ def test_toy_modality_runs_through_plan_run_status_lineage(
         "storage": {"root": str(tmp_path / "store")},
         "spark": {"shuffle_partitions": 2}, "ray": {"num_cpus": 2},
         "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 100,
-                  "log_every_steps": 100}})
+                  "log_every_steps": 100, "scaling": {"num_workers": 0}}})
     stages = default_stages()
     names = [s.name for s in stages]
     assert {"ingest/toy", "dedup/toy", "train/toy"} <= set(names)

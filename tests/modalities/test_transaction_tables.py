@@ -26,7 +26,8 @@ TINY: dict[str, Any] = {
     "modalities": ["transactions"],
     "spark": {"shuffle_partitions": 2}, "ray": {"num_cpus": 2},
     "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
-              "log_every_steps": 100, "transactions": {"hidden": 16, "batch_size": 32}},
+              "log_every_steps": 100, "scaling": {"num_workers": 0},  # Ray Train local mode
+              "transactions": {"hidden": 16, "batch_size": 32}},
     "evaluate": {"batch_size": 64},
 }
 MODEL_STAGES = ("ingest/transactions", "dedup/transactions", "train/transactions",

@@ -51,7 +51,9 @@ def test_whole_graph_on_s3_writes_only_there_and_manifests_list_everything(
         "inputs": {m: {"paths": [s3_bucket.url("raw", m)]} for m in MODALITIES},
         "spark": {"shuffle_partitions": 2}, "ray": {"num_cpus": 2},
         "train": {"epochs": 1, "warmup_steps": 1, "checkpoint_every_steps": 1000,
-                  "log_every_steps": 100,
+                  # local mode: the loop writes the checkpoints to S3 itself (Ray Train's
+                  # S3 storage with a worker: test_train_s3.py)
+                  "log_every_steps": 100, "scaling": {"num_workers": 0},
                   "text": {"enabled": False}, "images": {"enabled": False},
                   "transactions": {"hidden": 8, "batch_size": 64}},
         "evaluate": {"batch_size": 128}})
